@@ -1,0 +1,117 @@
+"""Bytes and JSON to numpy and back: pure functions shared by every protocol.
+
+Each failure raises an `ApiError` whose message names the problem; nothing here knows HTTP or
+TensorFlow. Hot paths stay in C: orjson parses, numpy converts nested lists in one call, and a
+vectorised byte scan bounds JSON nesting before any Python code walks the document.
+"""
+import re
+
+import numpy as np
+import orjson
+
+from .errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+
+JSON_TYPES = ("application/json",)
+_OPEN = np.zeros(256, dtype=np.int8)
+_OPEN[[ord("["), ord("{")]] = 1
+_OPEN[[ord("]"), ord("}")]] = -1
+# A JSON true/false token sits between structural characters; inside a base64 string it cannot.
+_BOOL_TOKEN = re.compile(rb"[\[,:\s](?:true|false)[\],}\s]")
+
+
+def require_json(content_type: str | None) -> None:
+    """Accept JSON bodies (and a missing type, as TensorFlow Serving's clients may send none)."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media and media not in JSON_TYPES and not media.endswith("+json"):
+        raise UnsupportedMediaType(
+            f"Content-Type '{media}' is not supported: send application/json "
+            "(with curl: -H 'Content-Type: application/json')")
+
+
+def json_depth(body: bytes) -> int:
+    """Deepest nesting of arrays and objects in a JSON document, brackets in strings not counted."""
+    if b"\\" in body:
+        # Escapes pair up left to right, as bytes.replace matches: drop escaped backslashes, then
+        # escaped quotes, and every quote left delimits a string.
+        body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    raw = np.frombuffer(body, dtype=np.uint8)
+    steps = _OPEN[raw]
+    if b'"' in body:
+        in_string = np.cumsum(raw == ord('"')) % 2 == 1
+        steps = np.where(in_string, 0, steps)
+    return int(np.cumsum(steps, dtype=np.int64).max(initial=0))
+
+
+def load_json(body: bytes, max_depth: int):
+    """Parse a JSON body within a nesting limit; deep documents never reach a recursive parser."""
+    if not body.strip():
+        raise InvalidInput("request body is empty: expected a JSON object")
+    depth = json_depth(body)
+    if depth > max_depth:
+        raise InvalidInput(f"JSON nesting depth {depth} is over the limit of {max_depth}")
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"malformed JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidInput(f"expected a JSON object at the top level, got {type(document).__name__}")
+    return document
+
+
+def dump_json(document) -> bytes:
+    return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def to_array(values, dtype: np.dtype, what: str, body: bytes = b"") -> np.ndarray:
+    """Nested JSON lists of numbers to an array of `dtype`; refuses ragged, strings, bools, NaN."""
+    if isinstance(values, list) and not values:
+        raise InvalidInput(f"{what} is empty")
+    try:
+        array = np.asarray(values)
+    except (ValueError, TypeError):
+        raise InvalidInput(f"{what} is ragged: every row must have the same length") from None
+    kind = array.dtype.kind
+    if kind == "b" or (kind in "iuf" and _BOOL_TOKEN.search(body) and _holds_bool(values)):
+        raise InvalidInput(f"{what} holds booleans; expected numbers")
+    if kind in "USO":
+        detail = "ragged or holds non-numbers" if kind == "O" else "holds strings"
+        raise InvalidInput(f"{what} {detail}; expected an array of numbers")
+    return cast(array, dtype, what)
+
+
+def cast(array: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
+    """Cast to the model's dtype where no value changes meaning; refuse non-finite floats."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu" and array.dtype.kind == "f":
+        raise InvalidInput(f"{what} holds floats but the model takes {dtype.name}")
+    if array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
+        raise InvalidInput(f"{what} holds NaN or infinity; only finite numbers are accepted")
+    with np.errstate(over="ignore", invalid="ignore"):
+        converted = array.astype(dtype, copy=False)
+    if dtype.kind == "f" and converted.size and not np.isfinite(converted).all():
+        raise InvalidInput(f"{what} holds values out of the range of {dtype.name}")
+    if dtype.kind in "iu" and array.size and not np.array_equal(converted, array):
+        raise InvalidInput(f"{what} holds values out of the range of {dtype.name}")
+    return converted
+
+
+def _holds_bool(values) -> bool:
+    stack = [values]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, bool):
+            return True
+        if isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def check_shape(array: np.ndarray, expected: tuple[int | None, ...], what: str,
+                max_elements: int) -> None:
+    """`expected` is the per-instance shape; None matches any size."""
+    if array.size > max_elements:
+        raise PayloadTooLarge(f"{what} has {array.size} elements, over the limit of {max_elements}")
+    got = array.shape[1:]
+    if len(got) != len(expected) or any(e is not None and e != g for e, g in zip(expected, got)):
+        want = "[" + ", ".join("any" if e is None else str(e) for e in expected) + "]"
+        raise InvalidInput(f"{what} has instances of shape {list(got)}; the model takes {want}")

@@ -1,0 +1,37 @@
+"""The errors a request can end in, each with its HTTP status, always answered as `{"error": "..."}`.
+
+The status mapping follows TensorFlow Serving's (invalid argument 400, not found 404, resource
+exhausted 429, unavailable 503, deadline exceeded 504) plus 413 and 415 for the body itself.
+"""
+
+
+class ApiError(Exception):
+    status = 400
+
+    def __init__(self, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class InvalidInput(ApiError):
+    status = 400
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class PayloadTooLarge(ApiError):
+    status = 413
+
+
+class UnsupportedMediaType(ApiError):
+    status = 415
+
+
+class Unavailable(ApiError):
+    status = 503
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message, {"Retry-After": str(retry_after)})

@@ -1,0 +1,105 @@
+"""The model a worker serves: its loaded versions and the worker's readiness.
+
+Life cycle of a worker: `loading` (versions load and warm up) -> `ready` -> `draining` (stopping:
+readiness answers 503 so load balancers stop sending, requests in flight finish). `failed` keeps
+the worker up and says why on `/ready`, instead of a crash loop that hides the reason.
+"""
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from .errors import NotFound, Unavailable
+from .settings import Settings
+from .store import StoreError, list_versions, read_version, select_versions
+
+log = logging.getLogger("api.registry")
+
+
+class ModelRegistry:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.name = settings.model_name
+        self.state = "loading"
+        self.error = ""
+        self.loads = 0
+        self._runtimes: dict = {}
+        self._ready = threading.Event()
+
+    # -- life cycle -------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Load and warm every selected version; never raises, the outcome is in `state`."""
+        try:
+            self._runtimes = self._load_versions()
+        except Exception as exc:  # any failure must surface on /ready, not kill the worker silently
+            self.state, self.error = "failed", str(exc)
+            log.error("model %s failed to load: %s", self.name, exc)
+            return
+        if self.state == "loading":
+            self.state = "ready"
+            self._mark_ready()
+        self._ready.set()
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.load, name="model-load", daemon=True)
+        thread.start()
+        return thread
+
+    def drain(self) -> None:
+        self.state = "draining"
+        self._marker().unlink(missing_ok=True)
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    # -- lookup -----------------------------------------------------------------------------------
+    def get(self, name: str, version: int | None = None):
+        """The runtime for a request, or the error the request ends in."""
+        if name != self.name:
+            raise NotFound(f"model '{name}' is not served here (this server serves '{self.name}')")
+        if self.state == "loading":
+            raise Unavailable(f"model '{name}' is still loading", retry_after=2)
+        if self.state == "failed":
+            raise Unavailable(f"model '{name}' failed to load: {self.error}", retry_after=30)
+        if version is None:
+            return self._runtimes[max(self._runtimes)]
+        if version not in self._runtimes:
+            raise NotFound(f"model '{name}' has no version {version} loaded "
+                           f"(loaded: {', '.join(map(str, sorted(self._runtimes)))})")
+        return self._runtimes[version]
+
+    def versions(self) -> list[int]:
+        return sorted(self._runtimes)
+
+    # -- internals --------------------------------------------------------------------------------
+    def _load_versions(self) -> dict:
+        from .runtime import ModelRuntime, configure_tensorflow  # TensorFlow: in the worker only
+
+        available = list_versions(self.settings.model_store, self.name)
+        if not available:
+            raise StoreError(f"no versions of '{self.name}' under {self.settings.model_store}")
+        device = configure_tensorflow(self.settings)
+        runtimes = {}
+        for number in select_versions(available, self.settings.model_versions):
+            runtime = ModelRuntime(read_version(self.settings.model_store, self.name, number), device)
+            runtime.warm_up(self.settings.warmup_batches)
+            self.loads += 1
+            log.info("model loaded name=%s version=%d pid=%d device=%s load_s=%.2f warmup_s=%.2f",
+                     self.name, number, os.getpid(), device, runtime.load_seconds, runtime.warmup_seconds)
+            runtimes[number] = runtime
+        return runtimes
+
+    def _marker(self) -> Path:
+        return ready_marker(self.settings.run_dir, os.getpid())
+
+    def _mark_ready(self) -> None:
+        marker = self._marker()
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(f"{time.time():.3f}\n")
+
+
+def ready_marker(run_dir: Path, pid: int) -> Path:
+    """The file a warm worker leaves for its master: gunicorn's hooks read these to gate traffic."""
+    return run_dir / "ready" / str(pid)

@@ -1,0 +1,90 @@
+"""HTTP resources: each reads the request, calls the data plane, and returns what it answers."""
+from flask import Response, current_app, request
+from flask_restful import Resource
+
+
+def plane():
+    return current_app.extensions["dataplane"]
+
+
+class Predict(Resource):
+    """`POST /predict`: the default model, TensorFlow Serving's body."""
+
+    def post(self):
+        return plane().predict(plane().registry.name, None, request.get_data(cache=False),
+                               request.content_type)
+
+
+class TFPredict(Resource):
+    def post(self, model, version=None):
+        return plane().predict(model, version, request.get_data(cache=False), request.content_type)
+
+
+class TFModelStatus(Resource):
+    def get(self, model, version=None):
+        plane().registry.get(model, version)
+        return plane().model_status(model)
+
+
+class TFModelMetadata(Resource):
+    def get(self, model, version=None):
+        return plane().tf_metadata(model, version)
+
+
+class V2Server(Resource):
+    def get(self):
+        return plane().server_metadata()
+
+
+class V2ModelMetadata(Resource):
+    def get(self, model, version=None):
+        return plane().v2_metadata(model, version)
+
+
+class V2ModelReady(Resource):
+    def get(self, model, version=None):
+        plane().registry.get(model, version)
+        return {"name": model, "ready": True}
+
+
+class V2Infer(Resource):
+    def post(self, model, version=None):
+        body, headers = plane().infer(model, version, request.get_data(cache=False), request.content_type,
+                                      request.headers.get("Inference-Header-Content-Length"))
+        return Response(body, 200, headers)
+
+
+class Live(Resource):
+    """`/health` and `/v2/health/live`: the process answers; says nothing of the model."""
+
+    def get(self):
+        return {"status": "alive"}
+
+
+class Ready(Resource):
+    """`/ready` and `/v2/health/ready`: 200 once the model is loaded and warm, 503 before and when draining."""
+
+    def get(self):
+        return plane().readiness()
+
+
+class OpenAPI(Resource):
+    def get(self):
+        from .openapi import document
+        return document()
+
+
+ROUTES = [
+    (Predict, ["/predict"]),
+    (TFPredict, ["/v1/models/<name:model>:predict", "/v1/models/<name:model>/versions/<int:version>:predict"]),
+    (TFModelStatus, ["/v1/models/<name:model>", "/v1/models/<name:model>/versions/<int:version>"]),
+    (TFModelMetadata, ["/v1/models/<name:model>/metadata",
+                       "/v1/models/<name:model>/versions/<int:version>/metadata"]),
+    (V2Server, ["/v2"]),
+    (Live, ["/health", "/v2/health/live"]),
+    (Ready, ["/ready", "/v2/health/ready"]),
+    (V2ModelMetadata, ["/v2/models/<name:model>", "/v2/models/<name:model>/versions/<int:version>"]),
+    (V2ModelReady, ["/v2/models/<name:model>/ready", "/v2/models/<name:model>/versions/<int:version>/ready"]),
+    (V2Infer, ["/v2/models/<name:model>/infer", "/v2/models/<name:model>/versions/<int:version>/infer"]),
+    (OpenAPI, ["/openapi.json"]),
+]

@@ -1,0 +1,81 @@
+"""Train the default model, `digits`, from scikit-learn's bundled digits data set (no download).
+
+    python scripts/train_digits.py [STORE] [--version N]
+
+Writes STORE/digits/<N>/ (default: models/digits/1/) holding `model.keras`, `labels.txt` and
+`serving.json` (how images sent as base64 are turned into the model's input). Deterministic: the
+same seed, data split and single-threaded ops give the same weights on every run.
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import keras  # noqa: E402
+from sklearn.datasets import load_digits  # noqa: E402
+from sklearn.model_selection import train_test_split  # noqa: E402
+
+SEED = 0
+MIN_ACCURACY = 0.95
+
+# Digits are 8x8 ink intensities 0..16 (0 = background). An 8-bit grey PNG of the same digit holds
+# round(v / 16 * 255); dividing by 255 gives back the training scale. Box resize averages pixels,
+# which is what downsampling a larger drawing of a digit to 8x8 needs.
+SERVING = {
+    "image": {"color_mode": "L", "resize": "box", "scale": 1 / 255, "offset": 0.0, "invert": False},
+}
+
+
+def held_out_split():
+    """The data split the model is trained and scored on; tests reuse it."""
+    digits = load_digits()
+    x = (digits.images / 16.0).astype("float32")[..., None]
+    return train_test_split(x, digits.target, test_size=0.2, random_state=SEED, stratify=digits.target)
+
+
+def build_model() -> keras.Model:
+    return keras.Sequential([
+        keras.Input((8, 8, 1), name="image"),
+        keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+        keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(2),
+        keras.layers.Flatten(),
+        keras.layers.Dense(48, activation="relu"),
+        keras.layers.Dense(10, activation="softmax", name="probabilities"),
+    ], name="digits_cnn")
+
+
+def train(out_dir: Path) -> float:
+    keras.utils.set_random_seed(SEED)
+    tf.config.experimental.enable_op_determinism()
+    x_train, x_test, y_train, y_test = held_out_split()
+    model = build_model()
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x_train, y_train, epochs=15, batch_size=32, verbose=0, shuffle=True)
+    accuracy = float(model.evaluate(x_test, y_test, verbose=0)[1])
+    if accuracy < MIN_ACCURACY:
+        raise SystemExit(f"digits: test accuracy {accuracy:.3f} is under {MIN_ACCURACY}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save(out_dir / "model.keras")
+    (out_dir / "labels.txt").write_text("".join(f"{d}\n" for d in range(10)))
+    (out_dir / "serving.json").write_text(json.dumps(SERVING, indent=2) + "\n")
+    return accuracy
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("store", nargs="?", default="models", type=Path)
+    parser.add_argument("--version", type=int, default=1)
+    args = parser.parse_args(argv)
+    out_dir = args.store / "digits" / str(args.version)
+    accuracy = train(out_dir)
+    print(f"digits: held-out accuracy {accuracy:.4f}, written to {out_dir}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
