@@ -3,6 +3,7 @@
 The HTTP resources call these methods with bytes and headers and send back what they return;
 nothing here touches Flask, and nothing in the resources touches numpy or TensorFlow.
 """
+import os
 
 from . import tfserving, v2
 from .codecs import dump_json, load_json, require_json
@@ -47,7 +48,9 @@ class DataPlane:
         return tfserving.model_status(name, self.registry.versions(), self.registry.state)
 
     def tf_metadata(self, name: str, version: int | None) -> dict:
-        return tfserving.model_metadata(self.registry.get(name, version))
+        metadata = tfserving.model_metadata(self.registry.get(name, version))
+        metadata["runtime"].update(worker_pid=os.getpid(), model_loads=self.registry.loads)
+        return metadata
 
     def v2_metadata(self, name: str, version: int | None) -> dict:
         return v2.model_metadata(self.registry.get(name, version), self.registry.versions())

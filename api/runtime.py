@@ -5,6 +5,7 @@ never in the master (TensorFlow is not fork-safe). `model.predict` is never used
 fixed overhead per call, against well under 1 ms for the compiled function traced here once.
 """
 import os
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import keras  # noqa: E402
 from .settings import Settings  # noqa: E402
 from .store import ModelVersion, StoreError  # noqa: E402
 
+log = logging.getLogger("api.runtime")
 _configured = threading.Lock()
 _device: str | None = None
 
@@ -38,18 +40,20 @@ def configure_tensorflow(settings: Settings) -> str:
     global _device
     with _configured:
         if _device is None:
-            tf.config.threading.set_intra_op_parallelism_threads(settings.tf_intra_op_threads)
-            tf.config.threading.set_inter_op_parallelism_threads(settings.inter_op_threads)
             gpus = tf.config.list_physical_devices("GPU")
-            if settings.device == "cpu" or not gpus:
-                tf.config.set_visible_devices([], "GPU")
-                _device = "/CPU:0"
-            else:
-                for gpu in gpus:  # let several workers share one GPU instead of the first taking it all
-                    tf.config.experimental.set_memory_growth(gpu, True)
-                _device = "/GPU:0"
             if settings.device == "gpu" and not gpus:
                 raise StoreError("SERVE_DEVICE=gpu but TensorFlow sees no GPU")
+            use_gpu = bool(gpus) and settings.device != "cpu"
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(settings.tf_intra_op_threads)
+                tf.config.threading.set_inter_op_parallelism_threads(settings.inter_op_threads)
+                if not use_gpu:
+                    tf.config.set_visible_devices([], "GPU")
+                for gpu in gpus if use_gpu else []:  # let workers share a GPU, not the first take it all
+                    tf.config.experimental.set_memory_growth(gpu, True)
+            except RuntimeError as exc:  # TensorFlow already started in this process (tests, notebooks)
+                log.warning("TensorFlow was initialised before the server configured it: %s", exc)
+            _device = "/GPU:0" if use_gpu else "/CPU:0"
         return _device
 
 

@@ -1,0 +1,128 @@
+"""The OpenAPI 3.0 document of every route, served at `/openapi.json`; limits come from the settings."""
+from flask import current_app
+
+NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
+ERROR = {"description": "what is wrong", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _ok(schema: str, description: str = "success") -> dict:
+    return {"description": description, "content": {JSON: {"schema": _ref(schema)}}}
+
+
+def _errors(*codes: int) -> dict:
+    return {str(code): ERROR for code in codes}
+
+
+def _params(version: bool) -> list[dict]:
+    params = [{"name": "model", "in": "path", "required": True, "schema": NAME, "example": "digits"}]
+    if version:
+        params.append({"name": "version", "in": "path", "required": True,
+                       "schema": {"type": "integer", "minimum": 0, "maximum": 2**31}, "example": 1})
+    return params
+
+
+def _body(schema: str) -> dict:
+    return {"required": True, "content": {JSON: {"schema": _ref(schema)}}}
+
+
+def _predict_op(summary: str, version: bool | None) -> dict:
+    op = {"summary": summary, "requestBody": _body("PredictRequest"),
+          "responses": {"200": _ok("PredictResponse"), **_errors(400, 404, 413, 415, 503)}}
+    if version is not None:
+        op["parameters"] = _params(version)
+    return {"post": op}
+
+
+def _get(schema: str, summary: str, version: bool | None, codes=(404, 503)) -> dict:
+    op = {"summary": summary, "responses": {"200": _ok(schema), **_errors(*codes)}}
+    if version is not None:
+        op["parameters"] = _params(version)
+    return {"get": op}
+
+
+def _infer_op(version: bool) -> dict:
+    ok = _ok("InferResponse")
+    ok["content"]["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
+    return {"post": {
+        "summary": "KServe v2 inference; JSON, or JSON + binary tensors (Inference-Header-Content-Length)",
+        "parameters": _params(version), "requestBody": _body("InferRequest"),
+        "responses": {"200": ok, **_errors(400, 404, 413, 415, 503)}}}
+
+
+def _schemas(settings) -> dict:
+    number_tree = {}  # any nesting of numbers; the model's shape decides what is accepted
+    instance = {"anyOf": [{"type": "number"}, {"type": "array", "items": number_tree},
+                          {"type": "object", "properties": {"b64": {"type": "string", "format": "byte"}},
+                           "required": ["b64"], "additionalProperties": False}]}
+    return {
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+        "PredictRequest": {
+            "type": "object", "additionalProperties": False,
+            "description": "Exactly one of instances (row format) or inputs (columnar format).",
+            "properties": {
+                "instances": {"type": "array", "minItems": 1, "maxItems": settings.max_instances, "items": instance},
+                "inputs": {"type": "array", "minItems": 1, "maxItems": settings.max_instances, "items": instance},
+                "signature_name": {"type": "string", "enum": ["serving_default"]},
+                "top_k": {"type": "integer", "minimum": 1, "maximum": settings.max_top_k}},
+            "example": {"instances": [[[[0.0]] * 8] * 8], "top_k": 3}},
+        "PredictResponse": {"type": "object", "properties": {
+            "predictions": {}, "outputs": {},
+            "top_k": {"type": "array", "items": {"type": "array", "items": {
+                "type": "object", "required": ["label", "score"],
+                "properties": {"label": {"type": "string"}, "score": {"type": "number"}}}}}}},
+        "ModelStatus": {"type": "object", "required": ["model_version_status"], "properties": {
+            "model_version_status": {"type": "array", "items": {"type": "object", "required": ["version", "state"],
+                                                                "properties": {"version": {"type": "string"},
+                                                                               "state": {"type": "string"}}}}}},
+        "TFMetadata": {"type": "object", "required": ["model_spec", "metadata"]},
+        "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
+        "ServerMetadata": {"type": "object", "required": ["name", "version", "extensions"]},
+        "ModelReady": {"type": "object", "required": ["name", "ready"]},
+        "V2Metadata": {"type": "object", "required": ["name", "versions", "platform", "inputs", "outputs"]},
+        "InferTensor": {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
+            "name": {"type": "string"}, "datatype": {"type": "string"},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "parameters": {"type": "object"}, "data": {"type": "array"}}},
+        "InferRequest": {"type": "object", "required": ["inputs"], "additionalProperties": False, "properties": {
+            "id": {"type": "string"}, "parameters": {"type": "object"},
+            "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": _ref("InferTensor")},
+            "outputs": {"type": "array", "items": {"type": "object", "required": ["name"]}}}},
+        "InferResponse": {"type": "object", "required": ["model_name", "outputs"], "properties": {
+            "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
+            "outputs": {"type": "array", "items": _ref("InferTensor")}}},
+    }
+
+
+def document() -> dict:
+    settings = current_app.extensions["settings"]
+    paths = {
+        "/predict": _predict_op("Predict with the default model (TensorFlow Serving's body)", None),
+        "/v1/models/{model}:predict": _predict_op("TensorFlow Serving predict", False),
+        "/v1/models/{model}/versions/{version}:predict": _predict_op("TensorFlow Serving predict, one version", True),
+        "/v1/models/{model}": _get("ModelStatus", "TensorFlow Serving model status", False),
+        "/v1/models/{model}/versions/{version}": _get("ModelStatus", "Model status, one version", True),
+        "/v1/models/{model}/metadata": _get("TFMetadata", "TensorFlow Serving model metadata", False),
+        "/v1/models/{model}/versions/{version}/metadata": _get("TFMetadata", "Model metadata, one version", True),
+        "/v2": _get("ServerMetadata", "KServe v2 server metadata", None, ()),
+        "/v2/health/live": _get("Status", "KServe v2 liveness", None, ()),
+        "/v2/health/ready": _get("Status", "KServe v2 readiness: 503 until the model is warm", None, (503,)),
+        "/v2/models/{model}": _get("V2Metadata", "KServe v2 model metadata", False),
+        "/v2/models/{model}/versions/{version}": _get("V2Metadata", "KServe v2 model metadata, one version", True),
+        "/v2/models/{model}/ready": _get("ModelReady", "KServe v2 model readiness", False),
+        "/v2/models/{model}/versions/{version}/ready": _get("ModelReady", "Model readiness, one version", True),
+        "/v2/models/{model}/infer": _infer_op(False),
+        "/v2/models/{model}/versions/{version}/infer": _infer_op(True),
+        "/health": _get("Status", "The process is alive", None, ()),
+        "/ready": _get("Status", "The model is loaded and warm; 503 before and while draining", None, (503,)),
+    }
+    from . import __version__
+    return {"openapi": "3.0.3",
+            "info": {"title": "keras-serving", "version": __version__,
+                     "description": "TensorFlow Serving and KServe v2 REST protocols for Keras models. "
+                                    "Every error is a JSON body {\"error\": \"...\"}."},
+            "paths": paths, "components": {"schemas": _schemas(settings)}}

@@ -1,0 +1,99 @@
+"""gunicorn settings and hooks. Values come from api.settings (SERVE_* variables), nowhere else.
+
+Check with `gunicorn --check-config -c gunicorn.conf.py wsgi:app`. This file runs in the master:
+it must not import TensorFlow (TensorFlow is not fork-safe: tensorflow#2448, gunicorn#1891).
+"""
+import signal
+
+from api.registry import ready_marker
+from api.settings import Settings
+
+settings = Settings()
+
+# -- Server socket ---------------------------------------------------------------------------------
+bind = [settings.bind_address]
+backlog = 2048  # connections queued while every worker is busy or still warming up
+control_socket = str((settings.run_dir / "gunicorn.ctl").resolve())  # per instance, not one per user
+
+# -- Worker processes -----------------------------------------------------------------------------
+workers = settings.workers  # one model copy each; more than the cores (or one per GPU) only adds contention
+worker_class = "gthread"  # request threads share the worker's one model
+threads = settings.threads
+timeout = settings.timeout  # also bounds model load + warm-up: the loading worker heartbeats meanwhile
+graceful_timeout = settings.graceful_timeout
+keepalive = settings.keepalive  # longer than any idle timeout in front (nginx, the load balancer)
+
+# -- Server mechanics -----------------------------------------------------------------------------
+preload_app = False  # the model must load after the fork, in each worker
+limit_request_line = 8190
+limit_request_fields = 100
+
+# -- Logging --------------------------------------------------------------------------------------
+loglevel = settings.log_level
+accesslog = "-"
+errorlog = "-"
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms pid=%(p)s'
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "root": {"level": "WARNING", "handlers": ["error"]},
+    "formatters": {"generic": {"format": "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"},
+                   "access": {"format": "%(message)s"}},
+    "handlers": {"error": {"class": "logging.StreamHandler", "formatter": "generic", "stream": "ext://sys.stderr"},
+                 "access": {"class": "logging.StreamHandler", "formatter": "access", "stream": "ext://sys.stdout"}},
+    "loggers": {"gunicorn.error": {"level": settings.log_level.upper(), "handlers": ["error"], "propagate": False},
+                "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False},
+                "api": {"level": settings.log_level.upper(), "handlers": ["error"], "propagate": False}},
+}
+
+# -- Process naming -------------------------------------------------------------------------------
+proc_name = "keras-serving"
+
+
+# -- Server hooks ---------------------------------------------------------------------------------
+def on_starting(server):
+    """Forget readiness left by an earlier run: those pids are gone."""
+    folder = ready_marker(settings.run_dir, 0).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    for marker in folder.iterdir():
+        marker.unlink(missing_ok=True)
+
+
+def pre_fork(server, worker):
+    """Decide, in the master, whether the new worker may take traffic before its model is warm.
+
+    At a cold start no worker can serve, so workers accept at once and answer 503 + Retry-After
+    while loading (and `/ready` says 503). A replacement, after a crash or a reload, has warm
+    siblings: it loads first and only then accepts, so no request ever reaches a cold model.
+    """
+    worker.accept_before_ready = not any(ready_marker(settings.run_dir, pid).exists() for pid in server.WORKERS)
+
+
+def post_worker_init(worker):
+    from api import registry_of  # the app module is already imported in the worker: no new import cost
+
+    registry = registry_of(worker.wsgi)
+    loader = registry.start()
+    if not getattr(worker, "accept_before_ready", True):
+        while loader.is_alive():  # keep gunicorn's heartbeat going while the model loads
+            worker.notify()
+            loader.join(1.0)
+    _drain_on(signal.SIGTERM, registry)
+
+
+def _drain_on(signum, registry):
+    """Turn readiness off before the worker's own graceful stop, so nothing new is routed to it."""
+    previous = signal.getsignal(signum)
+
+    def handler(sig, frame):
+        registry.drain()
+        if callable(previous):
+            previous(sig, frame)
+
+    signal.signal(signum, handler)
+
+
+def child_exit(server, worker):
+    ready_marker(settings.run_dir, worker.pid).unlink(missing_ok=True)
+
+

@@ -1,0 +1,114 @@
+"""Fixtures: a model store trained once per run, the app in-process, and a real gunicorn on it."""
+import base64
+import io
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from api import create_app, registry_of
+from api.settings import Settings
+from scripts.train_digits import held_out_split, train
+from tests.servers import Gunicorn
+
+WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory):
+    """digits v1 as trained; v2 the same weights with word labels, so answers show which version ran."""
+    root = tmp_path_factory.mktemp("store")
+    train(root / "digits" / "1")
+    shutil.copytree(root / "digits" / "1", root / "digits" / "2")
+    (root / "digits" / "2" / "labels.txt").write_text("\n".join(WORDS) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The held-out split the model never saw: (images [n, 8, 8, 1] in [0, 1], labels)."""
+    _, x_test, _, y_test = held_out_split()
+    return x_test, y_test
+
+
+@pytest.fixture(scope="session")
+def settings(store, tmp_path_factory):
+    return Settings(model_store=store, run_dir=tmp_path_factory.mktemp("run"), warmup_batches=(1, 8))
+
+
+@pytest.fixture(scope="session")
+def app(settings):
+    app = create_app(settings)
+    registry_of(app).load()
+    assert registry_of(app).ready, registry_of(app).error
+    return app
+
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def server(store, tmp_path_factory):
+    """A real gunicorn, two workers, each with its own model, as `make serve` starts it."""
+    gunicorn = Gunicorn(tmp_path_factory.mktemp("gunicorn"), model_store=store, workers=2, threads=4)
+    try:
+        gunicorn.wait_ready()
+        gunicorn.wait_all_workers_ready(2)
+        yield gunicorn
+    finally:
+        gunicorn.stop()
+
+
+def png_b64(image: np.ndarray, size: int = 8, fmt: str = "PNG") -> str:
+    """A digit (values in [0, 1]) as an 8-bit grey image file, upscaled to size x size, in base64."""
+    grey = Image.fromarray(np.round(image.squeeze() * 255).astype("uint8"), mode="L")
+    if size != grey.width:
+        grey = grey.resize((size, size), Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    grey.save(buffer, fmt, **({"quality": 95} if fmt == "JPEG" else {}))
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+class Answer:
+    def __init__(self, status: int, body: bytes, headers):
+        self.status, self.body, self.headers = status, body, headers
+
+    @property
+    def json(self):
+        import orjson
+        return orjson.loads(self.body)
+
+
+class Http:
+    """The same calls over real HTTP (requests to gunicorn) or the Flask test client."""
+
+    def __init__(self, base_url: str | None = None, client=None):
+        import requests
+        self.base_url, self.client, self.session = base_url, client, requests.Session()
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers=None, json=None) -> Answer:
+        if json is not None:
+            import orjson
+            body, headers = orjson.dumps(json), {"Content-Type": "application/json", **(headers or {})}
+        if self.client is not None:
+            r = self.client.open(path, method=method, data=body, headers=headers or {})
+            return Answer(r.status_code, r.get_data(), r.headers)
+        r = self.session.request(method, self.base_url + path, data=body, headers=headers or {}, timeout=30)
+        return Answer(r.status_code, r.content, r.headers)
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, **kw):
+        return self.request("POST", path, **kw)
+
+
+@pytest.fixture(params=["gunicorn", "flask"])
+def http(request):
+    """Each test using this runs twice: through a real gunicorn over HTTP, and in-process."""
+    if request.param == "gunicorn":
+        return Http(base_url=request.getfixturevalue("server").url)
+    return Http(client=request.getfixturevalue("app").test_client())
