@@ -25,7 +25,8 @@ class Gunicorn:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"gunicorn-{self.port}.log"
-        env = {**os.environ, "SERVE_PORT": str(self.port), "SERVE_RUN_DIR": str(tmp / f"run-{self.port}"),
+        self.run_dir = tmp / f"run-{self.port}"
+        env = {**os.environ, "SERVE_PORT": str(self.port), "SERVE_RUN_DIR": str(self.run_dir),
                "PYTHONUNBUFFERED": "1"}
         env.update({f"SERVE_{k.upper()}": str(v) for k, v in settings.items()})
         self._log = open(self.log_path, "wb")
@@ -50,7 +51,7 @@ class Gunicorn:
         """Every worker has written its readiness marker (each loads its own model copy)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.log().count("model loaded") >= workers:
+            if len(list((self.run_dir / "ready").glob("*"))) >= workers:
                 return
             time.sleep(0.1)
         raise TimeoutError(f"not every worker loaded its model:\n{self.log()}")
