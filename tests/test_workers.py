@@ -1,0 +1,109 @@
+"""gunicorn process model: one model per worker, loaded after the fork, warm before it takes traffic."""
+import os
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+from tests.servers import Gunicorn
+
+
+def metadata_by_worker(url: str, workers: int) -> dict[int, dict]:
+    """Ask on fresh connections until every worker has answered once."""
+    seen = {}
+    for _ in range(200):
+        runtime = requests.get(url + "/v1/models/digits/metadata", timeout=10).json()["runtime"]
+        seen[runtime["worker_pid"]] = runtime
+        if len(seen) == workers:
+            break
+    return seen
+
+
+def test_each_worker_loads_its_model_once_and_never_per_request(server, digits):
+    x, _ = digits
+    for i in range(100):
+        assert requests.post(server.url + "/predict", json={"instances": x[i:i + 1].tolist()}, timeout=10).ok
+    seen = metadata_by_worker(server.url, 2)
+    assert set(seen) == server.worker_pids()
+    for runtime in seen.values():
+        assert runtime["model_loads"] == 2  # versions 1 and 2, each once
+        assert runtime["traces"] == 1  # traced at load; no request retraced it
+    loads = re.findall(r"model loaded name=digits version=(\d) pid=(\d+)", server.log())
+    assert sorted(loads) == sorted((v, str(pid)) for pid in seen for v in "12")
+
+
+def test_tensorflow_is_never_loaded_in_the_gunicorn_master(server):
+    def maps(pid: int) -> str:
+        return Path(f"/proc/{pid}/maps").read_text()
+
+    assert "libtensorflow" not in maps(server.process.pid)
+    assert all("libtensorflow" in maps(pid) for pid in server.worker_pids())
+
+
+def test_ready_is_503_until_the_model_is_warm(store, tmp_path):
+    gunicorn = Gunicorn(tmp_path, model_store=store, workers=1, model_versions="latest")
+    try:
+        answers = []
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                ready = requests.get(gunicorn.url + "/ready", timeout=5)
+            except requests.ConnectionError:
+                time.sleep(0.02)
+                continue
+            if not answers:  # the first answer: the model cannot be warm yet
+                early = requests.post(gunicorn.url + "/predict", json={"instances": [[[[0.0]] * 8] * 8]}, timeout=5)
+            answers.append(ready.status_code)
+            if ready.status_code == 200:
+                break
+        assert answers[0] == 503 and answers[-1] == 200
+        assert set(answers) == {503, 200}
+        assert early.status_code == 503 and early.headers["Retry-After"]
+        assert "still loading" in early.json()["error"]
+    finally:
+        gunicorn.stop()
+
+
+def test_a_replacement_worker_takes_no_request_before_it_is_warm(store, tmp_path, digits):
+    """After a crash, siblings are warm: the new worker loads first, then accepts (see pre_fork)."""
+    x, _ = digits
+    gunicorn = Gunicorn(tmp_path, model_store=store, workers=2, model_versions="latest")
+    try:
+        gunicorn.wait_ready()
+        gunicorn.wait_all_workers_ready(2)
+        victim, survivor = sorted(gunicorn.worker_pids())
+        statuses, stop = [], threading.Event()
+
+        def load():
+            while not stop.is_set():
+                try:
+                    statuses.append(requests.post(gunicorn.url + "/predict", timeout=10,
+                                                  json={"instances": x[:1].tolist()}).status_code)
+                except requests.ConnectionError:
+                    statuses.append("reset")  # only a request in flight on the killed worker
+
+        thread = threading.Thread(target=load)
+        thread.start()
+        time.sleep(0.5)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not gunicorn.worker_pids() - {victim, survivor}:
+            time.sleep(0.1)
+        (newcomer,) = gunicorn.worker_pids() - {victim, survivor}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and f"version=2 pid={newcomer}" not in gunicorn.log():
+            time.sleep(0.1)
+        time.sleep(1.0)
+        stop.set()
+        thread.join()
+        log = gunicorn.log()
+        loaded_at = log.index(f"version=2 pid={newcomer}")
+        first_request = log.find(f"pid=<{newcomer}>")
+        assert first_request == -1 or first_request > loaded_at
+        assert statuses.count(503) == 0
+        assert statuses.count("reset") <= 1
+    finally:
+        gunicorn.stop()
