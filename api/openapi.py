@@ -88,7 +88,10 @@ def _schemas(settings) -> dict:
             "name": {"type": "string"}, "datatype": {"type": "string"},
             "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
             "parameters": {"type": "object"}, "data": {"type": "array"}}},
-        "InferRequest": {"type": "object", "required": ["inputs"], "additionalProperties": False, "properties": {
+        "InferRequest": {"type": "object", "required": ["inputs"], "additionalProperties": False,
+                         "example": {"inputs": [{"name": "image", "shape": [1, 8, 8, 1], "datatype": "FP32",
+                                                 "data": [0.0] * 64}]},
+                         "properties": {
             "id": {"type": "string"}, "parameters": {"type": "object"},
             "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": _ref("InferTensor")},
             "outputs": {"type": "array", "items": {"type": "object", "required": ["name"]}}}},

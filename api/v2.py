@@ -46,7 +46,7 @@ def parse_infer(body: bytes, header_length: int | None, runtime, settings) -> In
     if unknown:
         raise InvalidInput(f"unknown key(s) {sorted(unknown)} in the inference request")
     request_id = document.get("id")
-    if request_id is not None and not isinstance(request_id, str):
+    if "id" in document and not isinstance(request_id, str):
         raise InvalidInput("'id' must be a string")
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
@@ -55,8 +55,8 @@ def parse_infer(body: bytes, header_length: int | None, runtime, settings) -> In
     if used != len(binary):
         raise InvalidInput(f"binary data has {len(binary) - used} bytes no input claims")
     parameters = _object(document.get("parameters", {}), "'parameters'")
-    return InferRequest(request_id, batch,
-                        _requested_outputs(document.get("outputs"), parameters, runtime))
+    outputs = document["outputs"] if "outputs" in document else ...  # absent: all outputs; null: an error
+    return InferRequest(request_id, batch, _requested_outputs(outputs, parameters, runtime))
 
 
 def _input_tensor(tensor: dict, binary: bytes, json_part: bytes, runtime, settings):
@@ -109,7 +109,7 @@ def _requested_outputs(outputs, parameters: dict, runtime) -> dict[str, bool]:
     default_binary = parameters.get("binary_data_output", False)
     if not isinstance(default_binary, bool):
         raise InvalidInput("'binary_data_output' must be true or false")
-    if outputs is None:
+    if outputs is ...:
         return {name: default_binary for name in runtime.outputs}
     if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
         raise InvalidInput("'outputs' must be a list of objects with a 'name'")
