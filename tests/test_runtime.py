@@ -1,0 +1,63 @@
+"""The model runtime: the default model's training, Keras and SavedModel formats, safe loading."""
+import keras
+import numpy as np
+import pytest
+
+from api import create_app, registry_of
+from api.settings import Settings
+from scripts.train_digits import train
+
+
+def weights(path) -> list[np.ndarray]:
+    return keras.saving.load_model(path, compile=False).get_weights()
+
+
+def test_training_is_deterministic_and_accurate(store, tmp_path):
+    accuracy = train(tmp_path / "digits" / "1")
+    assert accuracy >= 0.95
+    again, first = weights(tmp_path / "digits" / "1" / "model.keras"), weights(store / "digits" / "1" / "model.keras")
+    assert all(np.array_equal(a, b) for a, b in zip(again, first, strict=True))
+    assert (tmp_path / "digits" / "1" / "labels.txt").read_text().split() == list("0123456789")
+
+
+def load_registry(store_root, tmp_path, **overrides):
+    app = create_app(Settings(model_store=store_root, run_dir=tmp_path / "run", warmup_batches=(1,), **overrides))
+    registry = registry_of(app)
+    registry.load()
+    return app, registry
+
+
+def test_a_savedmodel_version_serves_the_same_predictions(store, tmp_path, digits):
+    model = keras.saving.load_model(store / "digits" / "1" / "model.keras")
+    model.export(str(tmp_path / "store" / "digits" / "1"), format="tf_saved_model", verbose=False)
+    app, registry = load_registry(tmp_path / "store", tmp_path)
+    assert registry.ready, registry.error
+    runtime = registry.get("digits")
+    assert runtime.version.format == "saved_model"
+    x = digits[0][:10]
+    answer = app.test_client().post("/predict", json={"instances": x.tolist()})
+    assert answer.status_code == 200, answer.get_json()
+    expected = model(x, training=False).numpy()
+    assert np.allclose(answer.get_json()["predictions"], expected, atol=1e-5)
+
+
+def test_a_lambda_layer_archive_is_refused_and_its_code_never_runs(tmp_path):
+    canary = tmp_path / "canary"
+    inputs = keras.Input((2,), name="x")
+    outputs = keras.layers.Lambda(lambda t, p=str(canary): (__import__("pathlib").Path(p).write_text("pwned"), t * 2)[1])(inputs)
+    (tmp_path / "store" / "m" / "1").mkdir(parents=True)
+    keras.Model(inputs, outputs).save(tmp_path / "store" / "m" / "1" / "model.keras")
+    canary.unlink()  # building the model ran the lambda once; loading it must not
+    _, registry = load_registry(tmp_path / "store", tmp_path, model_name="m")
+    assert registry.state == "failed"
+    assert "safe_mode" in registry.error or "Lambda" in registry.error
+    assert not canary.exists()
+
+
+def test_a_store_without_the_model_leaves_the_worker_up_and_not_ready(tmp_path):
+    app, registry = load_registry(tmp_path, tmp_path)
+    assert registry.state == "failed"
+    ready = app.test_client().get("/ready")
+    assert ready.status_code == 503
+    assert "no versions of 'digits'" in ready.get_json()["error"]
+    assert app.test_client().get("/health").status_code == 200

@@ -1,0 +1,35 @@
+"""Settings come from SERVE_* variables, typed and validated, each documented."""
+import pytest
+from pydantic import ValidationError
+
+from api.settings import Settings, describe
+
+
+def test_environment_overrides_defaults(monkeypatch):
+    monkeypatch.setenv("SERVE_PORT", "9000")
+    monkeypatch.setenv("SERVE_WARMUP_BATCHES", "[1, 4]")
+    monkeypatch.setenv("SERVE_MODEL_VERSIONS", "latest:2")
+    settings = Settings()
+    assert (settings.port, settings.warmup_batches, settings.model_versions) == (9000, (1, 4), "latest:2")
+    assert settings.bind_address == "127.0.0.1:9000"
+
+
+@pytest.mark.parametrize("name, value", [("SERVE_PORT", "0"), ("SERVE_MODEL_VERSIONS", "newest"),
+                                         ("SERVE_MODEL_NAME", "../etc"), ("SERVE_DEVICE", "tpu"),
+                                         ("SERVE_MAX_INSTANCES", "0")])
+def test_invalid_values_fail_at_start_up_not_at_request_time(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_tensorflow_threads_split_the_cores_between_workers():
+    settings = Settings(workers=2)
+    assert settings.tf_intra_op_threads >= 1
+    assert Settings(workers=1, intra_op_threads=3).tf_intra_op_threads == 3
+
+
+def test_every_setting_is_documented():
+    lines = describe().splitlines()
+    assert len(lines) == len(Settings.model_fields)
+    assert all(line.split("  # ", 1)[1].strip() for line in lines)
