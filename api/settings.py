@@ -1,7 +1,7 @@
 """Every setting of the server, declared once: typed, defaulted, documented, read from `SERVE_*`.
 
 gunicorn.conf.py, the app factory, the model runtime and the scripts all read this one object;
-`python -m api.settings` prints the effective values (the README's settings table comes from it).
+`make settings` prints the effective values (the README's settings table comes from it).
 """
 import os
 from functools import cached_property
@@ -99,7 +99,3 @@ def describe() -> str:
             value = ",".join(map(str, value))
         lines.append(f"SERVE_{name.upper()}={value}  # {' '.join((field.description or '').split())}")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    print(describe())

@@ -1,0 +1,46 @@
+# The two commands a newcomer runs: `make serve` (the stack on the default model) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STORE ?= $(or $(SERVE_MODEL_STORE),models)
+PIP_VERSION := 26.3
+
+.DEFAULT_GOAL := help
+.PHONY: help install install-dev model serve settings test check clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(BIN)/.runtime: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet pip==$(PIP_VERSION)
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+$(BIN)/.dev: $(BIN)/.runtime requirements-dev.txt
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@
+
+install: $(BIN)/.runtime  ## virtualenv with the pinned runtime dependencies
+install-dev: $(BIN)/.dev  ## ... and the pinned test tools
+
+$(STORE)/digits/1/model.keras: | $(BIN)/.runtime
+	$(BIN)/python scripts/train_digits.py $(STORE)
+
+model: $(STORE)/digits/1/model.keras  ## train the default model (digits) if the store has none
+
+serve: install model  ## serve the default model on http://127.0.0.1:8080 (SERVE_PORT to change)
+	@echo "serving $(or $(SERVE_MODEL_NAME),digits) from $(STORE) on http://$(or $(SERVE_HOST),127.0.0.1):$(or $(SERVE_PORT),8080)  (Ctrl-C stops)"
+	SERVE_MODEL_STORE=$(STORE) $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+
+settings: install  ## print every setting: SERVE_NAME=effective value  # what it does
+	@$(BIN)/python -c "from api.settings import describe; print(describe())"
+
+check: install-dev  ## static checks: gunicorn's own config check
+	$(BIN)/gunicorn --check-config -c gunicorn.conf.py wsgi:app
+
+test: install-dev check  ## the whole test suite (real gunicorn, real TensorFlow, real HTTP)
+	$(BIN)/python -m pytest
+
+clean:  ## remove the virtualenv, the trained model and runtime state
+	rm -rf $(VENV) $(STORE)/digits run .pytest_cache
