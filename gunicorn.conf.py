@@ -3,15 +3,19 @@
 Check with `gunicorn --check-config -c gunicorn.conf.py wsgi:app`. This file runs in the master:
 it must not import TensorFlow (TensorFlow is not fork-safe: tensorflow#2448, gunicorn#1891).
 """
+import functools
 import signal
 
-from api.registry import ready_marker
+from api import lifecycle
 from api.settings import Settings
 
 settings = Settings()
+settings.run_dir.mkdir(parents=True, exist_ok=True)  # pidfile, socket and readiness markers live here
 
 # -- Server socket ---------------------------------------------------------------------------------
-bind = [settings.bind_address]
+bind = [settings.bind_address]  # a unix socket nginx proxies to, unless SERVE_BIND says otherwise
+umask = 0o007  # the socket: owner and group (nginx's) only
+pidfile = str(settings.run_dir / "gunicorn.pid")
 backlog = 2048  # connections queued while every worker is busy or still warming up
 control_socket = str((settings.run_dir / "gunicorn.ctl").resolve())  # per instance, not one per user
 
@@ -21,7 +25,7 @@ worker_class = "gthread"  # request threads share the worker's one model
 threads = settings.threads
 timeout = settings.timeout  # also bounds model load + warm-up: the loading worker heartbeats meanwhile
 graceful_timeout = settings.graceful_timeout
-keepalive = settings.keepalive  # longer than any idle timeout in front (nginx, the load balancer)
+keepalive = settings.keepalive  # longer than nginx's upstream keepalive_timeout: nginx closes first
 
 # -- Server mechanics -----------------------------------------------------------------------------
 preload_app = False  # the model must load after the fork, in each worker
@@ -32,7 +36,7 @@ limit_request_fields = 100
 loglevel = settings.log_level
 accesslog = "-"
 errorlog = "-"
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms pid=%(p)s'
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms pid=%(p)s request_id=%({x-request-id}i)s'
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -53,20 +57,17 @@ proc_name = "keras-serving"
 # -- Server hooks ---------------------------------------------------------------------------------
 def on_starting(server):
     """Forget readiness left by an earlier run: those pids are gone."""
-    folder = ready_marker(settings.run_dir, 0).parent
-    folder.mkdir(parents=True, exist_ok=True)
-    for marker in folder.iterdir():
-        marker.unlink(missing_ok=True)
+    lifecycle.clear_markers(settings.run_dir)
+
+
+def when_ready(server):
+    """SIGHUP becomes a ready-gated rolling restart (see api/workers.py)."""
+    server.handle_hup = functools.partial(lifecycle.rolling_restart, server, settings.run_dir, settings.timeout)
 
 
 def pre_fork(server, worker):
-    """Decide, in the master, whether the new worker may take traffic before its model is warm.
-
-    At a cold start no worker can serve, so workers accept at once and answer 503 + Retry-After
-    while loading (and `/ready` says 503). A replacement, after a crash or a reload, has warm
-    siblings: it loads first and only then accepts, so no request ever reaches a cold model.
-    """
-    worker.accept_before_ready = not any(ready_marker(settings.run_dir, pid).exists() for pid in server.WORKERS)
+    """Decide, in the master, whether the new worker may take traffic before its model is warm."""
+    worker.accept_before_ready = lifecycle.accepts_before_ready(server, settings.run_dir)
 
 
 def post_worker_init(worker):
@@ -94,6 +95,6 @@ def _drain_on(signum, registry):
 
 
 def child_exit(server, worker):
-    ready_marker(settings.run_dir, worker.pid).unlink(missing_ok=True)
+    lifecycle.unmark(settings.run_dir, worker.pid)
 
 

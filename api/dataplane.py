@@ -4,6 +4,7 @@ The HTTP resources call these methods with bytes and headers and send back what 
 nothing here touches Flask, and nothing in the resources touches numpy or TensorFlow.
 """
 import os
+import time
 
 from . import tfserving, v2
 from .codecs import dump_json, load_json, require_json
@@ -18,6 +19,22 @@ class DataPlane:
         self.settings = settings
 
     # -- inference --------------------------------------------------------------------------------
+    def admit(self, queued_since: str | None) -> None:
+        """Refuse, fast, a request that already waited too long for a worker thread (load shedding).
+
+        nginx stamps `X-Request-Start: t=<epoch seconds>`; a request served late is worth less than a
+        503 its client can retry elsewhere, and answering it would only make the queue longer.
+        """
+        if not queued_since:
+            return
+        try:
+            waited = time.time() - float(queued_since.removeprefix("t="))
+        except ValueError:
+            return
+        if waited > self.settings.max_queue_wait:
+            raise Unavailable(f"server is overloaded: the request waited {waited:.2f} s for a worker "
+                              f"(limit {self.settings.max_queue_wait:g} s); retry shortly", retry_after=1)
+
     def predict(self, name: str, version: int | None, body: bytes, content_type: str | None) -> dict:
         runtime = self.registry.get(name, version)
         require_json(content_type)

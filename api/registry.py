@@ -7,12 +7,11 @@ the worker up and says why on `/ready`, instead of a crash loop that hides the r
 import logging
 import os
 import threading
-import time
-from pathlib import Path
 
 from .errors import NotFound, Unavailable
 from .settings import Settings
 from .store import StoreError, list_versions, read_version, select_versions
+from .lifecycle import mark_ready, unmark
 
 log = logging.getLogger("api.registry")
 
@@ -38,7 +37,7 @@ class ModelRegistry:
             return
         if self.state == "loading":
             self.state = "ready"
-            self._mark_ready()
+            mark_ready(self.settings.run_dir)
         self._ready.set()
 
     def start(self) -> threading.Thread:
@@ -48,7 +47,7 @@ class ModelRegistry:
 
     def drain(self) -> None:
         self.state = "draining"
-        self._marker().unlink(missing_ok=True)
+        unmark(self.settings.run_dir)
 
     @property
     def ready(self) -> bool:
@@ -90,16 +89,3 @@ class ModelRegistry:
                      self.name, number, os.getpid(), device, runtime.load_seconds, runtime.warmup_seconds)
             runtimes[number] = runtime
         return runtimes
-
-    def _marker(self) -> Path:
-        return ready_marker(self.settings.run_dir, os.getpid())
-
-    def _mark_ready(self) -> None:
-        marker = self._marker()
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(f"{time.time():.3f}\n")
-
-
-def ready_marker(run_dir: Path, pid: int) -> Path:
-    """The file a warm worker leaves for its master: gunicorn's hooks read these to gate traffic."""
-    return run_dir / "ready" / str(pid)

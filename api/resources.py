@@ -7,7 +7,15 @@ def plane():
     return current_app.extensions["dataplane"]
 
 
-class Predict(Resource):
+class Inference(Resource):
+    """Inference routes shed load before reading the body: see DataPlane.admit."""
+
+    def dispatch_request(self, *args, **kwargs):
+        plane().admit(request.headers.get("X-Request-Start"))
+        return super().dispatch_request(*args, **kwargs)
+
+
+class Predict(Inference):
     """`POST /predict`: the default model, TensorFlow Serving's body."""
 
     def post(self):
@@ -15,7 +23,7 @@ class Predict(Resource):
                                request.content_type)
 
 
-class TFPredict(Resource):
+class TFPredict(Inference):
     def post(self, model, version=None):
         return plane().predict(model, version, request.get_data(cache=False), request.content_type)
 
@@ -47,7 +55,7 @@ class V2ModelReady(Resource):
         return {"name": model, "ready": True}
 
 
-class V2Infer(Resource):
+class V2Infer(Inference):
     def post(self, model, version=None):
         body, headers = plane().infer(model, version, request.get_data(cache=False), request.content_type,
                                       request.headers.get("Inference-Header-Content-Length"))

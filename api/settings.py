@@ -35,13 +35,34 @@ class Settings(BaseSettings):
     warmup_batches: tuple[int, ...] = (1, 8, 32)
     """Batch sizes run once each before a worker reports ready, so no request pays for tracing."""
 
-    # -- HTTP ------------------------------------------------------------------------------------
+    # -- HTTP: nginx in front, gunicorn behind it ------------------------------------------------
     host: str = "127.0.0.1"
-    """Address gunicorn binds when `bind` is not set."""
+    """Address the public listener (nginx) binds; `0.0.0.0` on instances behind a load balancer."""
     port: int = Field(8080, ge=1, le=65535)
-    """Port gunicorn binds when `bind` is not set."""
+    """Port of the public listener (nginx)."""
+    status_port: int = Field(8081, ge=1, le=65535)
+    """Port of the instance-only listener on 127.0.0.1: /metrics, /health, nginx status."""
     bind: str = ""
-    """Explicit gunicorn bind (e.g. `unix:/run/serve/gunicorn.sock`); overrides host and port."""
+    """gunicorn's bind; empty = the unix socket `<run_dir>/gunicorn.sock` that nginx proxies to."""
+    request_timeout: float = Field(30.0, gt=0)
+    """Seconds a request may take end to end; nginx's proxy timeouts follow it."""
+    max_queue_wait: float = Field(1.0, gt=0)
+    """Seconds a request may wait (nginx to a free worker thread) before it is refused with 503 +
+    Retry-After instead of being served late."""
+    client_rate: int = Field(1000, ge=1)
+    """Requests per second one client address may send (nginx limit_req); beyond the burst, 429."""
+    client_burst: int = Field(2000, ge=0)
+    """Requests a client may send above its rate before it is refused (nginx limit_req burst)."""
+    client_connections: int = Field(512, ge=1)
+    """Open connections one client address may hold (nginx limit_conn); beyond it, 429."""
+    trusted_proxies: tuple[str, ...] = ()
+    """CIDRs of the load balancers in front; their X-Forwarded-For gives the real client address."""
+    client_keepalive: int = Field(75, ge=1)
+    """Seconds nginx keeps an idle client connection; longer than the load balancer's 60 s idle timeout."""
+    upstream_keepalive: int = Field(60, ge=1)
+    """Seconds nginx keeps an idle connection to gunicorn; shorter than gunicorn's keepalive."""
+    upstream_tries: int = Field(3, ge=1, le=10)
+    """Attempts nginx makes for one request when a worker dies or refuses (POST /predict is idempotent)."""
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     """Largest request body accepted; larger bodies get 413."""
     max_instances: int = Field(256, ge=1)
@@ -64,8 +85,9 @@ class Settings(BaseSettings):
     """Seconds a silent worker lives before gunicorn kills it; covers model load and warm-up."""
     graceful_timeout: int = Field(30, ge=1)
     """Seconds a stopping worker has to finish its requests."""
-    keepalive: int = Field(75, ge=0)
-    """Seconds gunicorn keeps an idle client connection open."""
+    keepalive: int = Field(90, ge=1)
+    """Seconds gunicorn keeps an idle connection from nginx; longer than `upstream_keepalive`, so
+    nginx never reuses a connection gunicorn is closing."""
     run_dir: Path = Path("run")
     """Folder for runtime state shared by the master and its workers (readiness markers)."""
 
@@ -82,7 +104,11 @@ class Settings(BaseSettings):
 
     @cached_property
     def bind_address(self) -> str:
-        return self.bind or f"{self.host}:{self.port}"
+        return self.bind or f"unix:{self.socket_path}"
+
+    @cached_property
+    def socket_path(self) -> Path:
+        return (self.run_dir / "gunicorn.sock").resolve()
 
     @cached_property
     def tf_intra_op_threads(self) -> int:

@@ -26,7 +26,7 @@ class Gunicorn:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"gunicorn-{self.port}.log"
         self.run_dir = tmp / f"run-{self.port}"
-        env = {**os.environ, "SERVE_PORT": str(self.port), "SERVE_RUN_DIR": str(self.run_dir),
+        env = {**os.environ, "SERVE_BIND": f"127.0.0.1:{self.port}", "SERVE_RUN_DIR": str(self.run_dir),
                "PYTHONUNBUFFERED": "1"}
         env.update({f"SERVE_{k.upper()}": str(v) for k, v in settings.items()})
         self._log = open(self.log_path, "wb")

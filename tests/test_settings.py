@@ -11,7 +11,9 @@ def test_environment_overrides_defaults(monkeypatch):
     monkeypatch.setenv("SERVE_MODEL_VERSIONS", "latest:2")
     settings = Settings()
     assert (settings.port, settings.warmup_batches, settings.model_versions) == (9000, (1, 4), "latest:2")
-    assert settings.bind_address == "127.0.0.1:9000"
+    assert settings.bind_address == f"unix:{settings.run_dir.resolve()}/gunicorn.sock"  # nginx proxies to it
+    monkeypatch.setenv("SERVE_BIND", "127.0.0.1:9001")
+    assert Settings().bind_address == "127.0.0.1:9001"
 
 
 @pytest.mark.parametrize("name, value", [("SERVE_PORT", "0"), ("SERVE_MODEL_VERSIONS", "newest"),

@@ -1,0 +1,87 @@
+"""Run the instance's stack in the foreground: gunicorn on a unix socket, nginx in front of it.
+
+    python scripts/run_stack.py [--access-log PATH]
+
+This is what `make serve` runs and what the end-to-end tests start. nginx runs under its own prefix
+(`<run_dir>/nginx`) with a config rendered from the settings, never the system's. Ctrl-C (or SIGTERM)
+stops nginx first, letting in-flight requests finish, then gunicorn; SIGHUP is passed to gunicorn,
+whose workers then restart one by one, each old one stopping only when its replacement is warm.
+"""
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from api.settings import Settings  # noqa: E402
+from scripts.render_nginx import render  # noqa: E402
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if not found:
+        sys.exit("nginx is not installed: run `make system-deps` (Debian: apt-get install nginx)")
+    return found
+
+
+def wait_for_socket(path: Path, process: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            sys.exit(f"gunicorn did not open {path}")
+        time.sleep(0.05)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--access-log", help="nginx's JSON access log (default: <run_dir>/nginx/access.log)")
+    args = parser.parse_args(argv)
+    settings = Settings()
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    settings.socket_path.unlink(missing_ok=True)
+    conf = render(settings, settings.run_dir / "nginx", local=True, access_log=args.access_log)
+
+    gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT)
+    wait_for_socket(settings.socket_path, gunicorn)
+    nginx = subprocess.Popen([nginx_binary(), "-p", str(conf.parent), "-c", str(conf)], cwd=ROOT)
+    print(f"serving {settings.model_name} on http://{settings.host}:{settings.port} "
+          f"(instance-only: http://127.0.0.1:{settings.status_port}); Ctrl-C stops", flush=True)
+
+    stopping = []
+
+    def stop(signum, frame):
+        stopping.append(signum)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, lambda signum, frame: gunicorn.send_signal(signal.SIGHUP))
+    while not stopping and gunicorn.poll() is None and nginx.poll() is None:
+        time.sleep(0.2)
+    return shutdown(nginx, gunicorn, settings, clean=bool(stopping))
+
+
+def shutdown(nginx: subprocess.Popen, gunicorn: subprocess.Popen, settings: Settings, clean: bool) -> int:
+    """nginx first (QUIT: stop accepting, finish what it holds), then gunicorn (TERM: graceful)."""
+    for process, sig in ((nginx, signal.SIGQUIT), (gunicorn, signal.SIGTERM)):
+        if process.poll() is None:
+            process.send_signal(sig)
+            try:
+                process.wait(settings.graceful_timeout + 5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    if not clean:
+        print(f"stopped: nginx exited {nginx.returncode}, gunicorn exited {gunicorn.returncode}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    os.chdir(ROOT)
+    sys.exit(main())
