@@ -70,6 +70,10 @@ def pre_fork(server, worker):
     worker.accept_before_ready = lifecycle.accepts_before_ready(server, settings.run_dir)
 
 
+def post_fork(server, worker):
+    lifecycle.one_write_responses()
+
+
 def post_worker_init(worker):
     from api import registry_of  # the app module is already imported in the worker: no new import cost
 

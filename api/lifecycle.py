@@ -76,3 +76,56 @@ def mark_ready(run_dir: Path) -> None:
 
 def unmark(run_dir: Path, pid: int | None = None) -> None:
     ready_marker(run_dir, pid or os.getpid()).unlink(missing_ok=True)
+
+
+class _Capture:
+    """A stand-in socket that keeps what gunicorn writes to it."""
+
+    def __init__(self):
+        self.data = b""
+
+    def sendall(self, data: bytes) -> None:
+        self.data += data
+
+
+def one_write_responses() -> None:
+    """Make gunicorn send a response's headers and body in one write, in this worker.
+
+    gunicorn writes the headers, then the body. A worker killed between the two leaves nginx holding
+    headers it has already passed on, so it cannot retry the request elsewhere and the client gets a
+    truncated answer (seen under SIGKILL tests). One write of a response that fits the socket buffer is
+    all or nothing: nginx either gets the whole answer or none, and then retries.
+    """
+    from gunicorn import util
+    from gunicorn.http import wsgi
+
+    class OneWriteResponse(wsgi.Response):
+        _pending = b""
+
+        def send_headers(self):
+            if self.headers_sent:
+                return
+            real, self.sock = self.sock, _Capture()
+            try:
+                super().send_headers()
+            finally:
+                self._pending, self.sock = self.sock.data, real
+
+        def _emit_body(self, data):
+            pending, self._pending = self._pending, b""
+            if pending and not self.chunked:
+                util.write(self.sock, pending + data)
+                return
+            self._flush(pending)
+            super()._emit_body(data)
+
+        def close(self):
+            self._flush(self._pending)
+            self._pending = b""
+            super().close()
+
+        def _flush(self, pending: bytes) -> None:
+            if pending:
+                util.write(self.sock, pending)
+
+    wsgi.Response = OneWriteResponse

@@ -10,7 +10,7 @@ from PIL import Image
 from api import create_app, registry_of
 from api.settings import Settings
 from scripts.train_digits import held_out_split, train
-from tests.servers import Gunicorn
+from tests.servers import Gunicorn, Stack
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -62,6 +62,17 @@ def server(store, tmp_path_factory):
         gunicorn.stop()
 
 
+@pytest.fixture(scope="session")
+def stack(store, tmp_path_factory):
+    """The instance's stack, nginx in front of gunicorn (two workers), as `make serve` runs it."""
+    served = Stack(tmp_path_factory.mktemp("stack"), model_store=store, workers=2, threads=4)
+    try:
+        served.wait_ready(workers=2)
+        yield served
+    finally:
+        served.stop()
+
+
 def png_b64(image: np.ndarray, size: int = 8, fmt: str = "PNG") -> str:
     """A digit (values in [0, 1]) as an 8-bit grey image file, upscaled to size x size, in base64."""
     grey = Image.fromarray(np.round(image.squeeze() * 255).astype("uint8"), mode="L")
@@ -106,9 +117,11 @@ class Http:
         return self.request("POST", path, **kw)
 
 
-@pytest.fixture(params=["gunicorn", "flask"])
+@pytest.fixture(params=["nginx", "gunicorn", "flask"])
 def http(request):
-    """Each test using this runs twice: through a real gunicorn over HTTP, and in-process."""
+    """Each test using this runs three times: through nginx + gunicorn, gunicorn alone, and in-process."""
+    if request.param == "nginx":
+        return Http(base_url=request.getfixturevalue("stack").url)
     if request.param == "gunicorn":
         return Http(base_url=request.getfixturevalue("server").url)
     return Http(client=request.getfixturevalue("app").test_client())
