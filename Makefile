@@ -6,7 +6,7 @@ STORE ?= $(or $(SERVE_MODEL_STORE),models)
 PIP_VERSION := 26.3
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev model serve settings test check clean
+.PHONY: help install install-dev system-deps model serve settings test check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -22,6 +22,8 @@ $(BIN)/.dev: $(BIN)/.runtime requirements-dev.txt
 	touch $@
 
 install: $(BIN)/.runtime  ## virtualenv with the pinned runtime dependencies
+system-deps:  ## nginx from the distribution's packages, if missing
+	@scripts/install_system_deps.sh
 install-dev: $(BIN)/.dev  ## ... and the pinned test tools
 
 $(STORE)/digits/1/model.keras: | $(BIN)/.runtime
@@ -29,9 +31,8 @@ $(STORE)/digits/1/model.keras: | $(BIN)/.runtime
 
 model: $(STORE)/digits/1/model.keras  ## train the default model (digits) if the store has none
 
-serve: install model  ## serve the default model on http://127.0.0.1:8080 (SERVE_PORT to change)
-	@echo "serving $(or $(SERVE_MODEL_NAME),digits) from $(STORE) on http://$(or $(SERVE_HOST),127.0.0.1):$(or $(SERVE_PORT),8080)  (Ctrl-C stops)"
-	SERVE_MODEL_STORE=$(STORE) $(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+serve: install system-deps model  ## nginx + gunicorn on the default model: http://127.0.0.1:8080 (Ctrl-C stops)
+	SERVE_MODEL_STORE=$(STORE) $(BIN)/python scripts/run_stack.py
 
 settings: install  ## print every setting: SERVE_NAME=effective value  # what it does
 	@$(BIN)/python -c "from api.settings import describe; print(describe())"
@@ -39,7 +40,7 @@ settings: install  ## print every setting: SERVE_NAME=effective value  # what it
 check: install-dev  ## static checks: gunicorn's own config check
 	$(BIN)/gunicorn --check-config -c gunicorn.conf.py wsgi:app
 
-test: install-dev check  ## the whole test suite (real gunicorn, real TensorFlow, real HTTP)
+test: install-dev system-deps check  ## the whole test suite (real gunicorn, real TensorFlow, real HTTP)
 	$(BIN)/python -m pytest
 
 clean:  ## remove the virtualenv, the trained model and runtime state

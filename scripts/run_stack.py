@@ -38,6 +38,17 @@ def wait_for_socket(path: Path, process: subprocess.Popen, timeout: float = 30) 
         time.sleep(0.05)
 
 
+def _own_group_tied_to_parent() -> None:
+    """Run in the child before exec: Ctrl-C in the terminal reaches this script only (it stops the two
+    in order), and the kernel stops the child should this script die without stopping it."""
+    os.setpgrp()
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--access-log", help="nginx's JSON access log (default: <run_dir>/nginx/access.log)")
@@ -47,9 +58,11 @@ def main(argv=None) -> int:
     settings.socket_path.unlink(missing_ok=True)
     conf = render(settings, settings.run_dir / "nginx", local=True, access_log=args.access_log)
 
-    gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT)
+    gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
+                                preexec_fn=_own_group_tied_to_parent)
     wait_for_socket(settings.socket_path, gunicorn)
-    nginx = subprocess.Popen([nginx_binary(), "-p", str(conf.parent), "-c", str(conf)], cwd=ROOT)
+    nginx = subprocess.Popen([nginx_binary(), "-p", str(conf.parent), "-c", str(conf)], cwd=ROOT,
+                             preexec_fn=_own_group_tied_to_parent)
     print(f"serving {settings.model_name} on http://{settings.host}:{settings.port} "
           f"(instance-only: http://127.0.0.1:{settings.status_port}); Ctrl-C stops", flush=True)
 
