@@ -120,6 +120,7 @@ def one_write_responses() -> None:
             super()._emit_body(data)
 
         def close(self):
+            self.send_headers()  # a response with no body item still has headers to send
             self._flush(self._pending)
             self._pending = b""
             super().close()

@@ -107,3 +107,11 @@ def test_a_replacement_worker_takes_no_request_before_it_is_warm(store, tmp_path
         assert statuses.count("reset") <= 1
     finally:
         gunicorn.stop()
+
+
+def test_answers_without_a_body_still_arrive_whole(server):
+    """Responses leave gunicorn in one write (api/lifecycle.py); HEAD, OPTIONS and 204-like answers too."""
+    for method in ("HEAD", "OPTIONS"):
+        answer = requests.request(method, server.url + "/v2", timeout=3)
+        assert answer.status_code == 200
+    assert requests.options(server.url + "/predict", timeout=3).headers["Allow"]
