@@ -125,3 +125,12 @@ def http(request):
     if request.param == "gunicorn":
         return Http(base_url=request.getfixturevalue("server").url)
     return Http(client=request.getfixturevalue("app").test_client())
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fault counts of every load test, shown whether or not the tests passed."""
+    from tests.load import REPORTS
+    if REPORTS:
+        terminalreporter.section("requests counted under load")
+        for line in REPORTS:
+            terminalreporter.write_line(line)

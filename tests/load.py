@@ -6,6 +6,10 @@ from collections import Counter
 
 import requests
 
+# Every report of the run, printed again in pytest's terminal summary (tests/conftest.py), so CI's log
+# shows the counts even though pytest captures the output of passing tests.
+REPORTS: list[str] = []
+
 
 class Load:
     def __init__(self, url: str, body: dict, clients: int = 32, timeout: float = 30.0):
@@ -63,4 +67,5 @@ class Load:
         line = (f"[{name}] requests sent={self.sent} ok={self.outcomes[200]} failed={self.failed} "
                 f"worst_latency_s={worst:.3f} outcomes={dict(self.outcomes)}")
         print(line)
+        REPORTS.append(line)
         return line

@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from tests.load import Load
+from tests.load import REPORTS, Load
 from tests.models import build_slow_model
 from tests.servers import Stack
 
@@ -107,8 +107,11 @@ def test_sigterm_lets_in_flight_requests_finish(store, tmp_path, digits):
         for client in clients:
             client.join()
         took = time.monotonic() - started
-        print(f"[SIGTERM with 8 in flight] requests sent=8 ok={results.count(200)} failed={8 - results.count(200)} "
-              f"all answered in {took:.2f} s (graceful timeout 20 s) outcomes={results}")
+        line = (f"[SIGTERM with 8 in flight] requests sent=8 ok={results.count(200)} "
+                f"failed={8 - results.count(200)} all answered in {took:.2f} s (graceful timeout 20 s) "
+                f"outcomes={results}")
+        print(line)
+        REPORTS.append(line)
         assert results == [200] * 8
         assert took < 20
     finally:
