@@ -4,9 +4,10 @@ Check with `gunicorn --check-config -c gunicorn.conf.py wsgi:app`. This file run
 it must not import TensorFlow (TensorFlow is not fork-safe: tensorflow#2448, gunicorn#1891).
 """
 import functools
+import os
 import signal
 
-from api import lifecycle
+from api import devices, lifecycle
 from api.settings import Settings
 
 settings = Settings()
@@ -56,8 +57,11 @@ proc_name = "keras-serving"
 
 # -- Server hooks ---------------------------------------------------------------------------------
 def on_starting(server):
-    """Forget readiness left by an earlier run: those pids are gone."""
+    """Forget readiness left by an earlier run: those pids are gone. List the GPUs, once."""
     lifecycle.clear_markers(settings.run_dir)
+    server.gpus = devices.visible_gpus(settings.device)
+    if server.gpus:
+        server.log.info("workers spread over GPUs %s", ",".join(server.gpus))
 
 
 def when_ready(server):
@@ -68,9 +72,13 @@ def when_ready(server):
 def pre_fork(server, worker):
     """Decide, in the master, whether the new worker may take traffic before its model is warm."""
     worker.accept_before_ready = lifecycle.accepts_before_ready(server, settings.run_dir)
+    worker.slot = devices.free_slot({getattr(w, "slot", -1) for w in server.WORKERS.values()})
 
 
 def post_fork(server, worker):
+    gpu = devices.gpu_for(worker.slot, getattr(server, "gpus", []))
+    if gpu is not None:  # before TensorFlow is imported: it reads the variable once, at start
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     lifecycle.one_write_responses()
 
 

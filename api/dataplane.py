@@ -5,6 +5,8 @@ nothing here touches Flask, and nothing in the resources touches numpy or Tensor
 """
 import os
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 from . import tfserving, v2
 from .codecs import dump_json, load_json, require_json
@@ -13,51 +15,66 @@ from .registry import ModelRegistry
 from .settings import Settings
 
 
+@dataclass(frozen=True)
+class Call:
+    """What the data plane knows of a request beyond its body: when it must be answered by
+    (monotonic clock) and how to tell that its client hung up."""
+    deadline: float
+    client_gone: Callable[[], bool] | None = None
+
+
 class DataPlane:
     def __init__(self, registry: ModelRegistry, settings: Settings):
         self.registry = registry
         self.settings = settings
 
     # -- inference --------------------------------------------------------------------------------
-    def admit(self, queued_since: str | None) -> None:
-        """Refuse, fast, a request that already waited too long for a worker thread (load shedding).
+    def admit(self, queued_since: str | None, client_gone=None) -> Call:
+        """Refuse, fast, a request that already waited too long for a worker thread (load shedding);
+        otherwise its deadline: `request_timeout` after nginx received it.
 
         nginx stamps `X-Request-Start: t=<epoch seconds>`; a request served late is worth less than a
         503 its client can retry elsewhere, and answering it would only make the queue longer.
         """
-        if not queued_since:
-            return
-        try:
-            waited = time.time() - float(queued_since.removeprefix("t="))
-        except ValueError:
-            return
+        waited = 0.0
+        if queued_since:
+            try:
+                waited = max(0.0, time.time() - float(queued_since.removeprefix("t=")))
+            except ValueError:
+                waited = 0.0
         if waited > self.settings.max_queue_wait:
             raise Unavailable(f"server is overloaded: the request waited {waited:.2f} s for a worker "
                               f"(limit {self.settings.max_queue_wait:g} s); retry shortly", retry_after=1)
+        return Call(time.monotonic() + self.settings.request_timeout - waited, client_gone)
 
-    def predict(self, name: str, version: int | None, body: bytes, content_type: str | None) -> dict:
+    def predict(self, name: str, version: int | None, body: bytes, content_type: str | None,
+                call: Call | None = None) -> dict:
         runtime = self.registry.get(name, version)
         require_json(content_type)
         document = load_json(body, self.settings.max_json_depth)
         request = tfserving.parse_predict(document, body, runtime, self.settings)
-        outputs = runtime.infer(request.batch)
+        outputs = self._run(runtime, request.batch, call)
         return tfserving.predict_response(outputs, request, runtime.version.labels)
 
     def infer(self, name: str, version: int | None, body: bytes, content_type: str | None,
-              header_length: str | None) -> tuple[bytes, dict[str, str]]:
+              header_length: str | None, call: Call | None = None) -> tuple[bytes, dict[str, str]]:
         """A v2 inference: the response body and its headers (binary outputs follow the JSON)."""
         runtime = self.registry.get(name, version)
         length = v2.parse_header_length(header_length, len(body))
         if length is None:
             require_json(content_type)
         request = v2.parse_infer(body, length, runtime, self.settings)
-        outputs = runtime.infer(request.batch)
+        outputs = self._run(runtime, request.batch, call)
         document, blobs = v2.infer_response(runtime, request, outputs)
         head = dump_json(document)
         if not blobs:
             return head, {"Content-Type": "application/json"}
         return head + b"".join(blobs), {"Content-Type": "application/octet-stream",
                                         v2.HEADER: str(len(head))}
+
+    def _run(self, runtime, batch, call: Call | None):
+        call = call or Call(time.monotonic() + self.settings.request_timeout)
+        return runtime.batcher.run(batch, call.deadline, call.client_gone)
 
     # -- status and metadata ----------------------------------------------------------------------
     def model_status(self, name: str) -> dict:
@@ -66,7 +83,10 @@ class DataPlane:
 
     def tf_metadata(self, name: str, version: int | None) -> dict:
         metadata = tfserving.model_metadata(self.registry.get(name, version))
-        metadata["runtime"].update(worker_pid=os.getpid(), model_loads=self.registry.loads)
+        runtime = self.registry.get(name, version)
+        metadata["runtime"].update(worker_pid=os.getpid(), model_loads=self.registry.loads,
+                                   batching={**runtime.batcher.policy_dict(), **runtime.batcher.stats.as_dict(),
+                                             "queued_instances": runtime.batcher.queued})
         return metadata
 
     def v2_metadata(self, name: str, version: int | None) -> dict:

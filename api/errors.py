@@ -35,3 +35,15 @@ class Unavailable(ApiError):
 
     def __init__(self, message: str, retry_after: int = 1):
         super().__init__(message, {"Retry-After": str(retry_after)})
+
+
+class DeadlineExceeded(ApiError):
+    status = 504
+
+
+class InferenceFailed(ApiError):
+    """The model raised: 400 when it refused the values (TensorFlow's invalid argument), else 500."""
+
+    def __init__(self, message: str, status: int = 500):
+        super().__init__(message)
+        self.status = status

@@ -46,6 +46,7 @@ class ModelRegistry:
         return thread
 
     def drain(self) -> None:
+        """Stop taking new work; queued requests still run (the batchers keep going until exit)."""
         self.state = "draining"
         unmark(self.settings.run_dir)
 
@@ -74,6 +75,7 @@ class ModelRegistry:
 
     # -- internals --------------------------------------------------------------------------------
     def _load_versions(self) -> dict:
+        from .batching import Batcher
         from .runtime import ModelRuntime, configure_tensorflow  # TensorFlow: in the worker only
 
         available = list_versions(self.settings.model_store, self.name)
@@ -82,10 +84,20 @@ class ModelRegistry:
         device = configure_tensorflow(self.settings)
         runtimes = {}
         for number in select_versions(available, self.settings.model_versions):
-            runtime = ModelRuntime(read_version(self.settings.model_store, self.name, number), device)
-            runtime.warm_up(self.settings.warmup_batches)
+            runtime = ModelRuntime(read_version(self.settings.model_store, self.name, number), device,
+                                   xla=self.settings.xla, mixed_precision=self.settings.mixed_precision)
+            runtime.warm_up(self._warmup_sizes())
+            runtime.batcher = Batcher(runtime.infer, self.settings.batch_policy, f"{self.name}-{number}")
             self.loads += 1
             log.info("model loaded name=%s version=%d pid=%d device=%s load_s=%.2f warmup_s=%.2f",
                      self.name, number, os.getpid(), device, runtime.load_seconds, runtime.warmup_seconds)
             runtimes[number] = runtime
         return runtimes
+
+    def _warmup_sizes(self) -> tuple[int, ...]:
+        """Every padded size when padding is on (each is its own XLA program), else the configured ones
+        plus the largest batch, so the first full batch under load allocates nothing new."""
+        policy = self.settings.batch_policy
+        if policy.allowed_batch_sizes:
+            return policy.allowed_batch_sizes
+        return tuple(sorted({*self.settings.warmup_batches, policy.max_batch_size}))

@@ -1,6 +1,8 @@
 """HTTP resources: each reads the request, calls the data plane, and returns what it answers."""
-from flask import Response, current_app, request
+from flask import Response, current_app, g, request
 from flask_restful import Resource
+
+from .batching import socket_closed
 
 
 def plane():
@@ -11,7 +13,8 @@ class Inference(Resource):
     """Inference routes shed load before reading the body: see DataPlane.admit."""
 
     def dispatch_request(self, *args, **kwargs):
-        plane().admit(request.headers.get("X-Request-Start"))
+        g.call = plane().admit(request.headers.get("X-Request-Start"),
+                                     socket_closed(request.environ.get("gunicorn.socket")))
         return super().dispatch_request(*args, **kwargs)
 
 
@@ -20,12 +23,13 @@ class Predict(Inference):
 
     def post(self):
         return plane().predict(plane().registry.name, None, request.get_data(cache=False),
-                               request.content_type)
+                               request.content_type, g.call)
 
 
 class TFPredict(Inference):
     def post(self, model, version=None):
-        return plane().predict(model, version, request.get_data(cache=False), request.content_type)
+        return plane().predict(model, version, request.get_data(cache=False), request.content_type,
+                               g.call)
 
 
 class TFModelStatus(Resource):
@@ -58,7 +62,7 @@ class V2ModelReady(Resource):
 class V2Infer(Inference):
     def post(self, model, version=None):
         body, headers = plane().infer(model, version, request.get_data(cache=False), request.content_type,
-                                      request.headers.get("Inference-Header-Content-Length"))
+                                      request.headers.get("Inference-Header-Content-Length"), g.call)
         return Response(body, 200, headers)
 
 

@@ -50,23 +50,36 @@ def configure_tensorflow(settings: Settings) -> str:
                 if not use_gpu:
                     tf.config.set_visible_devices([], "GPU")
                 for gpu in gpus if use_gpu else []:  # let workers share a GPU, not the first take it all
-                    tf.config.experimental.set_memory_growth(gpu, True)
+                    if settings.gpu_memory_mb:
+                        tf.config.set_logical_device_configuration(
+                            gpu, [tf.config.LogicalDeviceConfiguration(memory_limit=settings.gpu_memory_mb)])
+                    else:
+                        tf.config.experimental.set_memory_growth(gpu, True)
+                if use_gpu and settings.mixed_precision:
+                    keras.mixed_precision.set_global_policy("mixed_float16")
             except RuntimeError as exc:  # TensorFlow already started in this process (tests, notebooks)
                 log.warning("TensorFlow was initialised before the server configured it: %s", exc)
             _device = "/GPU:0" if use_gpu else "/CPU:0"
+            log.info("TensorFlow device=%s gpus_visible=%d CUDA_VISIBLE_DEVICES=%s intra_op_threads=%d "
+                     "inter_op_threads=%d xla=%s mixed_precision=%s", _device, len(gpus),
+                     os.environ.get("CUDA_VISIBLE_DEVICES", "unset"), settings.tf_intra_op_threads,
+                     settings.inter_op_threads, settings.xla, use_gpu and settings.mixed_precision)
         return _device
 
 
 class ModelRuntime:
     """A model version, loaded once, answering `infer(batch) -> {output name: array}`."""
 
-    def __init__(self, version: ModelVersion, device: str):
+    def __init__(self, version: ModelVersion, device: str, xla: bool = False, mixed_precision: bool = False):
         self.version = version
         self.device = device
+        self.xla = xla
+        self.mixed_precision = mixed_precision and version.format == "keras"
+        self.batcher = None  # set by the registry once warm: requests go through it, not infer()
         started = time.perf_counter()
         with tf.device(device):
             if version.format == "keras":
-                self._fn, self.input, self.outputs = _compile_keras(version)
+                self._fn, self.input, self.outputs = _compile_keras(version, xla, self.mixed_precision)
             else:
                 self._fn, self.input, self.outputs = _compile_saved_model(version)
         self.load_seconds = time.perf_counter() - started
@@ -81,8 +94,9 @@ class ModelRuntime:
         self.warmup_seconds = time.perf_counter() - started
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """One compiled call, on the calling thread (the batcher's inference thread when serving)."""
         results = self._fn(tf.convert_to_tensor(batch))
-        return {name: results[name].numpy() for name in self.outputs}
+        return {name: _as_served(results[name].numpy(), info.dtype) for name, info in self.outputs.items()}
 
     @property
     def traces(self) -> int:
@@ -91,10 +105,17 @@ class ModelRuntime:
             self._fn, "experimental_get_tracing_count") else 1
 
 
-def _compile_keras(version: ModelVersion):
+def _as_served(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Outputs in the dtype the metadata declares (float16 under mixed precision becomes float32)."""
+    return value if value.dtype == dtype else value.astype(dtype)
+
+
+def _compile_keras(version: ModelVersion, xla: bool = False, mixed_precision: bool = False):
     try:
         # safe_mode refuses Lambda layers and arbitrary callables in the archive's config.
         model = keras.saving.load_model(version.path, compile=False, safe_mode=True)
+        if mixed_precision:
+            model = _in_mixed_precision(model)
     except Exception as exc:  # Keras raises ValueError, TypeError, OSError... on bad archives
         raise StoreError(f"{version.path}: cannot load: {exc}") from exc
     if len(model.inputs) != 1:
@@ -104,7 +125,7 @@ def _compile_keras(version: ModelVersion):
     tensor = TensorInfo(_tensor_name(spec, "input"), dtype, tuple(spec.shape))
     names = _output_names(model)
 
-    @tf.function(input_signature=[tf.TensorSpec(spec.shape, spec.dtype)])
+    @tf.function(input_signature=[tf.TensorSpec(spec.shape, spec.dtype)], jit_compile=xla or None)
     def serve(x):
         result = model(x, training=False)
         result = result if isinstance(result, (list, tuple)) else [result]
@@ -115,6 +136,24 @@ def _compile_keras(version: ModelVersion):
     serve.get_concrete_function()  # trace now, once: the signature fixes every later call to it
     serve.model = model  # keep the variables alive with the function
     return serve, tensor, outputs
+
+
+def _in_mixed_precision(model):
+    """The same model computing in float16, its last layer (the outputs) kept in float32.
+
+    A saved model carries each layer's dtype policy, so Keras's global policy does not reach it:
+    rebuild it from its config (in safe mode) with the policy changed, then copy the weights.
+    """
+    config = keras.saving.serialize_keras_object(model)
+    layers = config.get("config", {}).get("layers")
+    if not isinstance(layers, list):
+        raise StoreError("mixed precision needs a Sequential or functional model")
+    for layer in layers[:-1]:
+        if layer.get("class_name") != "InputLayer":
+            layer["config"]["dtype"] = "mixed_float16"
+    clone = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    clone.set_weights(model.get_weights())
+    return clone
 
 
 def _compile_saved_model(version: ModelVersion):

@@ -8,7 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -91,6 +91,20 @@ class Settings(BaseSettings):
     run_dir: Path = Path("run")
     """Folder for runtime state shared by the master and its workers (readiness markers)."""
 
+    # -- dynamic batching (TensorFlow Serving's names and meaning) ------------------------------
+    max_batch_size: int = Field(64, ge=1)
+    """Most instances one compiled call takes; concurrent requests are batched up to it and a larger
+    request is split."""
+    batch_timeout_micros: int = Field(0, ge=0, le=1_000_000)
+    """Microseconds the inference thread waits for more requests once one is queued. 0: take what is
+    queued at once (batches form while the previous call runs); raise it to trade latency for fuller
+    batches when requests trickle in."""
+    max_enqueued_batches: int = Field(16, ge=1)
+    """Batches' worth of instances that may wait per worker; a request beyond it gets 503 at once."""
+    allowed_batch_sizes: tuple[int, ...] = ()
+    """Batch sizes a call is padded to (increasing, ending with max_batch_size), so that XLA and GPU
+    kernels see a few fixed shapes; empty = no padding (the CPU default: padding costs compute)."""
+
     # -- TensorFlow ------------------------------------------------------------------------------
     intra_op_threads: int = Field(0, ge=0)
     """TensorFlow intra-op threads per worker; 0 = cores / workers, so workers never oversubscribe."""
@@ -98,9 +112,28 @@ class Settings(BaseSettings):
     """TensorFlow inter-op threads per worker."""
     device: Literal["auto", "cpu", "gpu"] = "auto"
     """Where inference runs: `auto` takes a GPU when TensorFlow sees one."""
+    gpu_memory_mb: int = Field(0, ge=0)
+    """GPU memory each worker may take, in MiB; 0 = grow on demand. Set it when several workers share
+    one GPU so that one cannot starve the others."""
+    xla: bool = False
+    """Compile the model with XLA (`jit_compile`): faster kernels, one compilation per batch shape, so
+    pair it with allowed_batch_sizes."""
+    mixed_precision: bool = False
+    """Run float32 models in float16 on the GPU (Keras `mixed_float16` policy); outputs stay float32."""
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of gunicorn and the app."""
+
+    @model_validator(mode="after")
+    def _batching_is_consistent(self):
+        self.batch_policy  # raises ValueError on allowed sizes that do not end with max_batch_size
+        return self
+
+    @cached_property
+    def batch_policy(self):
+        from .batching import BatchPolicy
+        return BatchPolicy(self.max_batch_size, self.batch_timeout_micros / 1e6, self.max_enqueued_batches,
+                           self.allowed_batch_sizes)
 
     @cached_property
     def bind_address(self) -> str:
