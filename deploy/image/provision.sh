@@ -125,6 +125,8 @@ install_release() {
         cp -R "$SOURCE/$item" "$RELEASE/$item"
     done
     find "$RELEASE" -path "$VENV" -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+    # Uploads (Packer's file provisioner) need not keep the executable bit the units rely on.
+    chmod +x "$RELEASE"/deploy/image/*.sh
     chmod -R go-w "$RELEASE"
 }
 
