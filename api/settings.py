@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     """Requests per second one client address may send (nginx limit_req); beyond the burst, 429."""
     client_burst: int = Field(2000, ge=0)
     """Requests a client may send above its rate before it is refused (nginx limit_req burst)."""
-    client_connections: int = Field(512, ge=1)
+    client_connections: int = Field(512, ge=1, le=65535)
     """Open connections one client address may hold (nginx limit_conn); beyond it, 429."""
     trusted_proxies: tuple[str, ...] = ()
     """CIDRs of the load balancers in front; their X-Forwarded-For gives the real client address."""

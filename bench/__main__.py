@@ -1,0 +1,164 @@
+"""`make bench` (python -m bench): every figure of docs/performance.md, side by side, in one run.
+
+For each model (digits; ResNet50 with random weights, made locally):
+  1. the in-process limit: the compiled function the workers serve, at its best batch size;
+  2. the full stack (nginx + gunicorn + batcher, as `make serve`) under wrk at several connection
+     counts: req/s, p50, p99, errors, and the ratio to the limit; then 4x the peak's connections;
+  3. the peers from ../shared/peers (hand-written tf.function worker, the HTTP ceiling) under the
+     same load, and our ratio to each;
+  4. cold start to /ready and resident memory per worker.
+One server runs at a time: on two cores, two servers measured at once measure nothing.
+"""
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from bench import wrk
+from bench.models import digits_body, digits_store, resnet_jpeg_body, resnet_json_body, resnet_store
+from bench.servers import ROOT, OurStack, Peer
+
+DEFAULT_PEERS = ROOT.parent / "shared" / "peers"
+PLANS = {
+    # connections, seconds per run; the stack's settings for the model (chosen by short runs, see docs)
+    "digits": {"connections": [8, 32, 64], "seconds": 10, "ours": {},
+               "inprocess_batches": "1,32,64,128"},
+    "resnet50": {"connections": [4, 16], "seconds": 20, "warm": 20,
+                 "ours": {"workers": 1, "intra_op_threads": 2, "max_batch_size": 16, "threads": 32,
+                          "warmup_batches": "[1,16]", "timeout": 300},
+                 "inprocess_batches": "1,8,16,32"},
+}
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def inprocess(store: Path, model: str, batches: str, seconds: float) -> dict:
+    out = subprocess.run([sys.executable, "-m", "bench.inprocess", str(store), model, "--batches", batches,
+                          "--seconds", str(seconds)], cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def load(server, body: Path, connections: list[int], seconds: float, warm: float, content_type="application/json"):
+    wrk.run(server.url, body, max(connections), warm, content_type)  # warm: caches, connections, allocator
+    results = []
+    for conns in connections:
+        result = wrk.run(server.url, body, conns, seconds, content_type)
+        log(f"    {conns:>4} conns: {result.ok_rps:8.1f} ok/s  p50 {result.p50_ms:7.1f} ms  "
+            f"p99 {result.p99_ms:7.1f} ms  errors {result.errors}  refused {result.refused}")
+        results.append(result)
+    return results
+
+
+def bench_model(model: str, store: Path, work: Path, peers: Path | None, quick: bool) -> dict:
+    plan = PLANS[model]
+    seconds = 3 if quick else plan["seconds"]
+    warm = 2 if quick else plan.get("warm", 5)
+    report: dict = {"model": model}
+    log(f"[{model}] in-process limit")
+    report["inprocess"] = inprocess(store, model, plan["inprocess_batches"], 2 if quick else 5)
+    log(f"    {report['inprocess']['images_per_s']}")
+
+    bodies = {"json": (digits_body if model == "digits" else resnet_json_body)(work / f"{model}.json")}
+    if model != "digits":
+        bodies["b64 jpeg"] = resnet_jpeg_body(work / f"{model}-jpeg.json")
+
+    log(f"[{model}] our stack {plan['ours']}")
+    with OurStack(store, model, work, **plan["ours"]) as ours:
+        report["cold_start_s"] = ours.wait(ours.ready)
+        report["ours"] = {}
+        for kind, body in bodies.items():
+            log(f"  {kind} body ({body.stat().st_size} bytes)")
+            report["ours"][kind] = [asdict(r) for r in load(ours, body, plan["connections"], seconds, warm)]
+        peak = max(report["ours"]["json"], key=lambda r: r["ok_rps"])
+        log(f"  saturation: 4x the peak's {peak['connections']} connections")
+        report["saturation"] = asdict(wrk.run(ours.url, bodies["json"], 4 * peak["connections"], seconds))
+        report["worker_rss_mib"] = ours.worker_rss_mib()
+        report["settings"] = plan["ours"]
+
+    report["peers"] = {}
+    if peers and peers.exists():
+        model_file = store / model / "1" / "model.keras"
+        runs = [("tf_function_flask", "tf_function_flask:app", {"MODEL": str(model_file)})]
+        if model == "digits":
+            runs.append(("http_ceiling", "hello_restful:app", {}))
+        for label, app, env in runs:
+            log(f"[{model}] peer {label} (gunicorn -w 2)")
+            with Peer(peers, app, work, ["-w", "2", "--timeout", "300"], env) as peer:
+                peer.wait(peer.ready_with(bodies["json"].read_bytes()))
+                results = load(peer, bodies["json"], plan["connections"], seconds, warm)
+                report["peers"][label] = {"results": [asdict(r) for r in results],
+                                          "cold_start_s": peer.cold_start_s,
+                                          "worker_rss_mib": peer.worker_rss_mib()}
+    return report
+
+
+def table(report: dict) -> str:
+    limit = report["inprocess"]["best_images_per_s"]
+    lines = [f"## {report['model']}",
+             f"in-process limit: {limit:,.0f} images/s (batch {report['inprocess']['best_batch']}); "
+             f"batch 1: {report['inprocess']['images_per_s'].get('1', 0):,.0f} images/s",
+             f"cold start to /ready: {report['cold_start_s']:.1f} s; resident memory per worker: "
+             + ", ".join(f"{m:.0f} MiB" for m in report["worker_rss_mib"]), ""]
+    peers = report["peers"]
+    header = "| server | body | conns | ok req/s | p50 ms | p99 ms | errors | refused | of limit |"
+    header += "".join(f" ours / {name} |" for name in peers)
+    lines += [header, "|" + " --- |" * (header.count("|") - 1)]
+
+    def row(server, kind, r, compare=True):
+        cells = [server, kind, r["connections"], f"{r['ok_rps']:,.1f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
+                 r["socket_errors"] + r["non2xx"] - r["refused"], r["refused"], f"{r['ok_rps'] / limit:.0%}"]
+        for name, peer in peers.items():
+            match = [p for p in peer["results"] if p["connections"] == r["connections"]]
+            cells.append(f"{r['ok_rps'] / match[0]['ok_rps']:.2f}x" if compare and match and match[0]["ok_rps"]
+                         else "")
+        return "| " + " | ".join(map(str, cells)) + " |"
+
+    for kind, results in report["ours"].items():
+        lines += [row("ours (nginx + gunicorn + batcher)", kind, r, kind == "json") for r in results]
+    lines.append(row("ours, 4x peak connections", "json", report["saturation"], False))
+    for name, peer in peers.items():
+        lines += [row(name, "json", r, False) for r in peer["results"]]
+    peak = max(r["ok_rps"] for r in report["ours"]["json"])
+    lines.append("")
+    lines.append(f"saturation: {report['saturation']['ok_rps']:,.0f} ok/s at {report['saturation']['connections']} "
+                 f"connections = {report['saturation']['ok_rps'] / peak:.0%} of the peak {peak:,.0f}, "
+                 f"{report['saturation']['refused']} refused fast (503), "
+                 f"p99 {report['saturation']['p99_ms']:.0f} ms")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Benchmark the stack against its limit and its peers.")
+    parser.add_argument("--models", default="digits,resnet50", help="comma-separated: digits, resnet50")
+    parser.add_argument("--peers", type=Path, default=DEFAULT_PEERS, help="folder of the peers' code")
+    parser.add_argument("--store", type=Path, default=Path(tempfile.gettempdir()) / "bench-store")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    parser.add_argument("--quick", action="store_true", help="3 s runs: check the harness, not the figures")
+    args = parser.parse_args(argv)
+    if not wrk.available():
+        sys.exit("wrk is missing: apt-get install wrk")
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    reports = []
+    for model in args.models.split(","):
+        store = digits_store(args.store) if model == "digits" else resnet_store(args.store)
+        reports.append(bench_model(model, store, work, args.peers, args.quick))
+    machine = (f"{platform.node()}: {platform.processor() or platform.machine()}, "
+               f"{len(__import__('os').sched_getaffinity(0))} cores, Python {platform.python_version()}")
+    output = [f"# make bench, {time.strftime('%Y-%m-%d %H:%M')}, {machine}", ""]
+    output += [table(r) + "\n" for r in reports]
+    print("\n".join(output))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": machine, "reports": reports}, indent=1))
+    log(f"figures written to {args.out}; logs in {work}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
