@@ -6,7 +6,7 @@ STORE ?= $(or $(SERVE_MODEL_STORE),models)
 PIP_VERSION := 26.3
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev system-deps model serve settings test check clean
+.PHONY: help install install-dev system-deps deploy-tools model serve settings settings-table test check bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -25,6 +25,8 @@ install: $(BIN)/.runtime  ## virtualenv with the pinned runtime dependencies
 system-deps:  ## nginx from the distribution's packages, if missing
 	@scripts/install_system_deps.sh
 install-dev: $(BIN)/.dev  ## ... and the pinned test tools
+deploy-tools:  ## packer, shellcheck, systemd (Debian) and cfn-lint, checkov (own venv) for deploy/'s checks
+	@scripts/install_deploy_tools.sh
 
 $(STORE)/digits/1/model.keras: | $(BIN)/.runtime
 	$(BIN)/python scripts/train_digits.py $(STORE)
@@ -40,8 +42,15 @@ settings: install  ## print every setting: SERVE_NAME=effective value  # what it
 check: install-dev  ## static checks: gunicorn's own config check
 	$(BIN)/gunicorn --check-config -c gunicorn.conf.py wsgi:app
 
-test: install-dev system-deps check  ## the whole test suite (real gunicorn, real TensorFlow, real HTTP)
+settings-table: install  ## the README's settings table, from api/settings.py
+	@$(BIN)/python -c "from api.settings import markdown_table; print(markdown_table())"
+
+test: install-dev system-deps deploy-tools check  ## the whole test suite (real gunicorn, real TensorFlow, real HTTP)
 	$(BIN)/python -m pytest
+
+bench: install-dev system-deps  ## throughput and latency against the in-process limit and the peers (docs/performance.md)
+	@command -v wrk >/dev/null || apt-get install -y -q wrk
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:  ## remove the virtualenv, the trained model and runtime state
 	rm -rf $(VENV) $(STORE)/digits run .pytest_cache

@@ -158,3 +158,17 @@ def describe() -> str:
             value = ",".join(map(str, value))
         lines.append(f"SERVE_{name.upper()}={value}  # {' '.join((field.description or '').split())}")
     return "\n".join(lines)
+
+
+def markdown_table() -> str:
+    """The README's settings table: defaults as declared (not this machine's environment)."""
+    rows = ["| variable | default | what |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is not None:
+            default = "per machine"
+        else:
+            default = field.default
+            if isinstance(default, tuple):
+                default = ",".join(map(str, default))
+        rows.append(f"| `SERVE_{name.upper()}` | `{default}` | {' '.join((field.description or '').split())} |")
+    return "\n".join(rows)
