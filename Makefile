@@ -6,7 +6,7 @@ STORE ?= $(or $(SERVE_MODEL_STORE),models)
 PIP_VERSION := 26.3
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev system-deps deploy-tools model serve settings settings-table test check bench clean
+.PHONY: help install install-dev system-deps deploy-tools model serve settings settings-table test check bench loadtest clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -51,6 +51,16 @@ test: install-dev system-deps deploy-tools check  ## the whole test suite (real 
 bench: install-dev system-deps  ## throughput and latency against the in-process limit and the peers (docs/performance.md)
 	@command -v wrk >/dev/null || apt-get install -y -q wrk
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+URL ?= http://127.0.0.1:8080
+SHAPE ?=
+USERS ?=
+RUN_TIME ?=
+WORKERS ?= 0
+REPORTS ?= run/loadtest
+LOCUST_ARGS ?=
+loadtest: install-dev  ## locust with SLO gates against a running stack: make loadtest URL=... [SHAPE=step] (exit 1: a gate broke)
+	$(BIN)/python -m loadtest.run --host $(URL) --report-dir $(REPORTS) --workers $(WORKERS) $(if $(SHAPE),--shape $(SHAPE)) $(if $(USERS),--users $(USERS)) $(if $(RUN_TIME),--run-time $(RUN_TIME)) $(LOCUST_ARGS)
 
 clean:  ## remove the virtualenv, the trained model and runtime state
 	rm -rf $(VENV) $(STORE)/digits run .pytest_cache

@@ -1,8 +1,8 @@
 """Dynamic batching inside one worker: concurrent requests share one compiled call.
 
-Request threads (gthread) hand their instances to `Batcher.run` and wait. One inference thread
-takes up to `max_batch_size` queued instances, or what arrived within `batch_timeout` of the
-oldest, runs the model once and hands every request its slice. On a CPU a batch of 32 digits
+Request threads (gthread) queue their instances in `Batcher.run`. One thread at a time (see
+Batcher) takes up to `max_batch_size` queued instances, or what arrived within `batch_timeout`,
+runs the model once and hands every request its slice. On a CPU a batch of 32 digits
 costs about what one costs (anchors: 1,732 vs 29,887 images/s), so under concurrency this is
 where throughput comes from; with no concurrency a request waits at most `batch_timeout`.
 
@@ -58,42 +58,66 @@ class BatchPolicy:
         return self.allowed_batch_sizes[bisect.bisect_left(self.allowed_batch_sizes, size)]
 
 
+class _Waiter:
+    """One request thread waiting: for its slices to finish, or for its turn to run a batch."""
+
+    __slots__ = ("event", "remaining", "promoted", "gone")
+
+    def __init__(self, slices: int):
+        self.event = threading.Event()
+        self.remaining = slices
+        self.promoted = False  # the previous leader handed this thread the next batch
+        self.gone = False  # stopped waiting (deadline): its slices are skipped, never promoted
+
+
 class _Task:
     """One slice of one request (a request larger than a batch becomes several)."""
 
-    __slots__ = ("rows", "deadline", "client_gone", "done", "outputs", "error", "abandoned")
+    __slots__ = ("rows", "deadline", "client_gone", "waiter", "outputs", "error")
 
-    def __init__(self, rows: np.ndarray, deadline: float, client_gone):
+    def __init__(self, rows: np.ndarray, deadline: float, client_gone, waiter: _Waiter):
         self.rows = rows
         self.deadline = deadline
         self.client_gone = client_gone
-        self.done = threading.Event()
+        self.waiter = waiter
         self.outputs: Outputs | None = None
         self.error: ApiError | None = None
-        self.abandoned = False  # the request thread stopped waiting: skip it
 
     def finish(self, outputs: Outputs | None = None, error: ApiError | None = None) -> None:
         self.outputs, self.error = outputs, error
-        self.done.set()
+        self.waiter.remaining -= 1  # only the leader finishes tasks: one thread at a time
+        if self.waiter.remaining == 0:
+            self.waiter.event.set()
 
 
 class Batcher:
+    """Leader/follower batching: no thread of its own.
+
+    A request that finds no batch running runs one itself, with whatever is queued; requests that
+    arrive meanwhile queue up, and when the call ends the leader hands the next batch to the thread
+    of the oldest queued request. So at most one compiled call runs at a time, as with a dedicated
+    inference thread, but a lone request pays no thread hand-off, and under load the thread that
+    runs the batch already holds the GIL: a dedicated thread has to win it back from every request
+    thread after each call, which measured here tripled the wall time of a call.
+    """
+
     def __init__(self, infer: Callable[[np.ndarray], Outputs], policy: BatchPolicy, name: str = "model"):
         self._infer = infer
         self.policy = policy
+        self.name = name
         self._queue: deque[_Task] = deque()
         self._queued = 0  # instances in the queue
         self._cond = threading.Condition()
+        self._leading = False
         self._closed = False
         self.stats = BatchStats()
-        self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
-        self._thread.start()
 
     # -- request threads --------------------------------------------------------------------------
     def run(self, batch: np.ndarray, deadline: float, client_gone: Callable[[], bool] | None = None) -> Outputs:
         """Infer `batch` within the shared batches; raises the ApiError the request ends in."""
         size = self.policy.max_batch_size
-        tasks = [_Task(batch[i:i + size], deadline, client_gone) for i in range(0, len(batch), size)]
+        waiter = _Waiter((len(batch) + size - 1) // size)
+        tasks = [_Task(batch[i:i + size], deadline, client_gone, waiter) for i in range(0, len(batch), size)]
         with self._cond:
             if self._closed:
                 raise Unavailable("server is shutting down", retry_after=1)
@@ -101,16 +125,26 @@ class Batcher:
                 self.stats.refused += 1
                 raise Unavailable(f"server is overloaded: {self._queued} instances already queued "
                                   f"(limit {self.policy.max_enqueued}); retry shortly", retry_after=1)
-            for task in tasks:
-                self._queue.append(task)
+            self._queue.extend(tasks)
             self._queued += len(batch)
-            self._cond.notify()
+            lead = not self._leading
+            self._leading = True
+            self._cond.notify()  # a leader waiting out batch_timeout counts what arrived
+        while True:
+            if lead:
+                self._lead(waiter)
+            elif not waiter.event.wait(max(0.0, deadline - time.monotonic())):
+                with self._cond:
+                    if waiter.remaining and not waiter.promoted:
+                        waiter.gone = True
+                        raise DeadlineExceeded("the request did not finish within its deadline "
+                                               f"({time.monotonic() - deadline:+.2f} s past it)")
+            if waiter.remaining == 0:
+                break
+            with self._cond:
+                lead, waiter.promoted = waiter.promoted, False
+                waiter.event.clear()
         for task in tasks:
-            if not task.done.wait(max(0.0, deadline - time.monotonic())):
-                for late in tasks:
-                    late.abandoned = True
-                raise DeadlineExceeded("the request did not finish within its deadline "
-                                       f"({time.monotonic() - deadline:+.2f} s past it)")
             if task.error is not None:
                 raise task.error
         if len(tasks) == 1:
@@ -120,7 +154,6 @@ class Batcher:
     def close(self) -> None:
         with self._cond:
             self._closed = True
-            self._cond.notify()
 
     def policy_dict(self) -> dict:
         p = self.policy
@@ -131,32 +164,42 @@ class Batcher:
     def queued(self) -> int:
         return self._queued
 
-    # -- the inference thread ---------------------------------------------------------------------
-    def _loop(self) -> None:
-        while True:
-            tasks = self._next_batch()
-            if tasks is None:
-                return
-            live = [task for task in tasks if self._still_wanted(task)]
-            if live:
-                self._run_batch(live)
+    # -- the leader -------------------------------------------------------------------------------
+    def _lead(self, own: _Waiter) -> None:
+        """Run batches until this thread's own slices are done, then hand over to the next in line."""
+        try:
+            while own.remaining:
+                tasks = self._next_batch()
+                live = [task for task in tasks if self._still_wanted(task)]
+                if live:
+                    self._run_batch(live)
+        finally:
+            with self._cond:
+                while self._queue and self._queue[0].waiter.gone:  # nobody to promote there
+                    self._drop(self._queue.popleft())
+                if self._queue:
+                    successor = self._queue[0].waiter
+                    successor.promoted = True
+                    successor.event.set()
+                else:
+                    self._leading = False
 
-    def _next_batch(self) -> list[_Task] | None:
+    def _drop(self, task: _Task) -> None:
+        self._queued -= len(task.rows)
+        self.stats.dropped += 1
+
+    def _next_batch(self) -> list[_Task]:
         policy = self.policy
         with self._cond:
-            while not self._queue and not self._closed:
-                self._cond.wait()
-            if not self._queue:
-                return None
             if policy.batch_timeout > 0:
                 until = time.monotonic() + policy.batch_timeout
-                while self._queued < policy.max_batch_size and not self._closed:
+                while self._queued < policy.max_batch_size:
                     left = until - time.monotonic()
                     if left <= 0:
                         break
                     self._cond.wait(left)
             tasks, rows = [], 0
-            while self._queue and rows + len(self._queue[0].rows) <= policy.max_batch_size:
+            while self._queue and (not tasks or rows + len(self._queue[0].rows) <= policy.max_batch_size):
                 task = self._queue.popleft()
                 tasks.append(task)
                 rows += len(task.rows)
@@ -164,7 +207,7 @@ class Batcher:
             return tasks
 
     def _still_wanted(self, task: _Task) -> bool:
-        if task.abandoned:
+        if task.waiter.gone:
             self.stats.dropped += 1
             return False
         if time.monotonic() > task.deadline:
