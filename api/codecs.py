@@ -36,10 +36,13 @@ def json_depth(body: bytes) -> int:
         body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
     raw = np.frombuffer(body, dtype=np.uint8)
     steps = _OPEN[raw]
+    # Work on the brackets only (a 1 MB tensor body has ~50k of them), not on every byte.
+    brackets = np.flatnonzero(steps)
     if b'"' in body:
-        in_string = np.cumsum(raw == ord('"')) % 2 == 1
-        steps = np.where(in_string, 0, steps)
-    return int(np.cumsum(steps, dtype=np.int64).max(initial=0))
+        quotes = np.flatnonzero(raw == ord('"'))
+        outside = np.searchsorted(quotes, brackets) % 2 == 0  # an even number of quotes before it
+        brackets = brackets[outside]
+    return int(np.cumsum(steps[brackets], dtype=np.int64).max(initial=0))
 
 
 def load_json(body: bytes, max_depth: int):
@@ -71,7 +74,7 @@ def to_array(values, dtype: np.dtype, what: str, body: bytes = b"") -> np.ndarra
     except (ValueError, TypeError):
         raise InvalidInput(f"{what} is ragged: every row must have the same length") from None
     kind = array.dtype.kind
-    if kind == "b" or (kind in "iuf" and _BOOL_TOKEN.search(body) and _holds_bool(values)):
+    if kind == "b" or (kind in "iuf" and _may_hold_bool(body) and _holds_bool(values)):
         raise InvalidInput(f"{what} holds booleans; expected numbers")
     if kind in "USO":
         detail = "ragged or holds non-numbers" if kind == "O" else "holds strings"
@@ -93,6 +96,11 @@ def cast(array: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
     if dtype.kind in "iu" and array.size and not np.array_equal(converted, array):
         raise InvalidInput(f"{what} holds values out of the range of {dtype.name}")
     return converted
+
+
+def _may_hold_bool(body: bytes) -> bool:
+    """Cheap first: a substring test runs at memory speed, the regex only when one is there."""
+    return (b"true" in body or b"false" in body) and _BOOL_TOKEN.search(body) is not None
 
 
 def _holds_bool(values) -> bool:
