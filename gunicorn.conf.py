@@ -5,6 +5,7 @@ it must not import TensorFlow (TensorFlow is not fork-safe: tensorflow#2448, gun
 """
 import functools
 import os
+import shutil
 import signal
 
 from api import devices, lifecycle
@@ -12,6 +13,9 @@ from api.settings import Settings
 
 settings = Settings()
 settings.run_dir.mkdir(parents=True, exist_ok=True)  # pidfile, socket and readiness markers live here
+# Before anything imports prometheus_client, which reads it once: the workers inherit it at the fork.
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(settings.metrics_dir)
+settings.metrics_dir.mkdir(exist_ok=True)  # `--check-config` builds the app without on_starting
 
 # -- Server socket ---------------------------------------------------------------------------------
 bind = [settings.bind_address]  # a unix socket nginx proxies to, unless SERVE_BIND says otherwise
@@ -34,21 +38,21 @@ limit_request_line = 8190
 limit_request_fields = 100
 
 # -- Logging --------------------------------------------------------------------------------------
+# JSON lines (api/logs.py). gunicorn's own access log is off: the app writes the one access line per
+# request, with the route, model version and instances gunicorn cannot see.
 loglevel = settings.log_level
-accesslog = "-"
+accesslog = None
 errorlog = "-"
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms pid=%(p)s request_id=%({x-request-id}i)s'
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
     "root": {"level": "WARNING", "handlers": ["error"]},
-    "formatters": {"generic": {"format": "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"},
-                   "access": {"format": "%(message)s"}},
-    "handlers": {"error": {"class": "logging.StreamHandler", "formatter": "generic", "stream": "ext://sys.stderr"},
-                 "access": {"class": "logging.StreamHandler", "formatter": "access", "stream": "ext://sys.stdout"}},
+    "formatters": {"json": {"()": "api.logs.JsonFormatter"}},
+    "handlers": {"error": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"},
+                 "access": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}},
     "loggers": {"gunicorn.error": {"level": settings.log_level.upper(), "handlers": ["error"], "propagate": False},
-                "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False},
-                "api": {"level": settings.log_level.upper(), "handlers": ["error"], "propagate": False}},
+                "api": {"level": settings.log_level.upper(), "handlers": ["error"], "propagate": False},
+                "api.access": {"level": "INFO", "handlers": ["access"], "propagate": False}},
 }
 
 # -- Process naming -------------------------------------------------------------------------------
@@ -57,8 +61,10 @@ proc_name = "keras-serving"
 
 # -- Server hooks ---------------------------------------------------------------------------------
 def on_starting(server):
-    """Forget readiness left by an earlier run: those pids are gone. List the GPUs, once."""
+    """Forget readiness and metrics left by an earlier run: those pids are gone. List the GPUs, once."""
     lifecycle.clear_markers(settings.run_dir)
+    shutil.rmtree(settings.metrics_dir, ignore_errors=True)
+    settings.metrics_dir.mkdir(parents=True)
     server.gpus = devices.visible_gpus(settings.device)
     if server.gpus:
         server.log.info("workers spread over GPUs %s", ",".join(server.gpus))
@@ -107,6 +113,9 @@ def _drain_on(signum, registry):
 
 
 def child_exit(server, worker):
+    from api import metrics  # here, not at the top: after PROMETHEUS_MULTIPROC_DIR is set
+
     lifecycle.unmark(settings.run_dir, worker.pid)
+    metrics.worker_exited(worker.pid)
 
 

@@ -57,6 +57,7 @@ def _describe(exc: HTTPException) -> str:
 def create_app(settings: Settings | None = None, registry=None) -> Flask:
     """Build the app; the model is loaded by whoever hosts it (`registry.load()` or `.start()`)."""
     from .codecs import dump_json
+    from . import logs
     from .dataplane import DataPlane
     from .registry import ModelRegistry
     from .resources import ROUTES
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None, registry=None) -> Flask:
     for resource, urls in ROUTES:
         api.add_resource(resource, *urls)
     app.register_error_handler(Exception, error_response)
+    logs.init_app(app)
     return app
 
 

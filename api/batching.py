@@ -73,10 +73,11 @@ class _Waiter:
 class _Task:
     """One slice of one request (a request larger than a batch becomes several)."""
 
-    __slots__ = ("rows", "deadline", "client_gone", "waiter", "outputs", "error")
+    __slots__ = ("rows", "deadline", "client_gone", "waiter", "outputs", "error", "queued_at")
 
-    def __init__(self, rows: np.ndarray, deadline: float, client_gone, waiter: _Waiter):
+    def __init__(self, rows: np.ndarray, deadline: float, client_gone, waiter: _Waiter, queued_at: float):
         self.rows = rows
+        self.queued_at = queued_at  # perf_counter: the queue wait is measured against the batch's start
         self.deadline = deadline
         self.client_gone = client_gone
         self.waiter = waiter
@@ -101,7 +102,8 @@ class Batcher:
     thread after each call, which measured here tripled the wall time of a call.
     """
 
-    def __init__(self, infer: Callable[[np.ndarray], Outputs], policy: BatchPolicy, name: str = "model"):
+    def __init__(self, infer: Callable[[np.ndarray], Outputs], policy: BatchPolicy, name: str = "model",
+                 stats: "BatchStats | None" = None):
         self._infer = infer
         self.policy = policy
         self.name = name
@@ -110,19 +112,20 @@ class Batcher:
         self._cond = threading.Condition()
         self._leading = False
         self._closed = False
-        self.stats = BatchStats()
+        self.stats = stats or BatchStats()  # api/metrics.py passes one that also exports them
 
     # -- request threads --------------------------------------------------------------------------
     def run(self, batch: np.ndarray, deadline: float, client_gone: Callable[[], bool] | None = None) -> Outputs:
         """Infer `batch` within the shared batches; raises the ApiError the request ends in."""
         size = self.policy.max_batch_size
         waiter = _Waiter((len(batch) + size - 1) // size)
-        tasks = [_Task(batch[i:i + size], deadline, client_gone, waiter) for i in range(0, len(batch), size)]
+        now = time.perf_counter()
+        tasks = [_Task(batch[i:i + size], deadline, client_gone, waiter, now) for i in range(0, len(batch), size)]
         with self._cond:
             if self._closed:
                 raise Unavailable("server is shutting down", retry_after=1)
             if self._queued + len(batch) > self.policy.max_enqueued and self._queued:
-                self.stats.refused += 1
+                self.stats.refuse()
                 raise Unavailable(f"server is overloaded: {self._queued} instances already queued "
                                   f"(limit {self.policy.max_enqueued}); retry shortly", retry_after=1)
             self._queue.extend(tasks)
@@ -186,7 +189,7 @@ class Batcher:
 
     def _drop(self, task: _Task) -> None:
         self._queued -= len(task.rows)
-        self.stats.dropped += 1
+        self.stats.drop()
 
     def _next_batch(self) -> list[_Task]:
         policy = self.policy
@@ -208,14 +211,14 @@ class Batcher:
 
     def _still_wanted(self, task: _Task) -> bool:
         if task.waiter.gone:
-            self.stats.dropped += 1
+            self.stats.drop()
             return False
         if time.monotonic() > task.deadline:
-            self.stats.dropped += 1
+            self.stats.drop()
             task.finish(error=DeadlineExceeded("the request's deadline passed while it was queued"))
             return False
         if task.client_gone is not None and task.client_gone():
-            self.stats.dropped += 1
+            self.stats.drop()
             task.finish(error=DeadlineExceeded("the client closed the connection"))
             return False
         return True
@@ -236,7 +239,8 @@ class Batcher:
                 for task in tasks:  # find the culprit: each request alone
                     self._run_batch([task])
             return
-        self.stats.record(len(tasks), size, padded, time.perf_counter() - started)
+        self.stats.record(len(tasks), size, padded, time.perf_counter() - started,
+                          [started - task.queued_at for task in tasks], self._queued)
         offset = 0
         for task in tasks:
             n = len(task.rows)
@@ -245,19 +249,29 @@ class Batcher:
 
 
 class BatchStats:
-    """Counters the benchmark and metadata read; plain ints, updated by the inference thread only."""
+    """Counters the benchmark and metadata read; plain ints, updated by the inference thread only
+    (`refuse` under the batcher's lock). Its methods are the hooks api/metrics.py extends."""
 
     def __init__(self):
         self.batches = self.instances = self.padded = self.requests = 0
         self.refused = self.dropped = 0
-        self.busy_seconds = 0.0
+        self.busy_seconds = self.queue_seconds = 0.0
 
-    def record(self, requests: int, instances: int, padded: int, seconds: float) -> None:
+    def record(self, requests: int, instances: int, padded: int, seconds: float,
+               queue_waits: list[float] = (), still_queued: int = 0) -> None:
+        """One compiled call: `seconds` it took, how long each of its slices waited, what still waits."""
         self.batches += 1
         self.requests += requests
         self.instances += instances
         self.padded += padded
         self.busy_seconds += seconds
+        self.queue_seconds += sum(queue_waits)
+
+    def refuse(self) -> None:
+        self.refused += 1
+
+    def drop(self) -> None:
+        self.dropped += 1
 
     def as_dict(self) -> dict:
         return {"batches": self.batches, "instances": self.instances, "requests": self.requests,

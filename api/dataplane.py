@@ -15,12 +15,15 @@ from .registry import ModelRegistry
 from .settings import Settings
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Call:
     """What the data plane knows of a request beyond its body: when it must be answered by
-    (monotonic clock) and how to tell that its client hung up."""
+    (monotonic clock) and how to tell that its client hung up; then what ran, for its access line."""
     deadline: float
     client_gone: Callable[[], bool] | None = None
+    model: str | None = None
+    version: int | None = None
+    instances: int | None = None
 
 
 class DataPlane:
@@ -74,6 +77,7 @@ class DataPlane:
 
     def _run(self, runtime, batch, call: Call | None):
         call = call or Call(time.monotonic() + self.settings.request_timeout)
+        call.model, call.version, call.instances = runtime.version.name, runtime.version.version, len(batch)
         return runtime.batcher.run(batch, call.deadline, call.client_gone)
 
     # -- status and metadata ----------------------------------------------------------------------

@@ -122,6 +122,9 @@ def document() -> dict:
         "/v2/models/{model}/versions/{version}/infer": _infer_op(True),
         "/health": _get("Status", "The process is alive", None, ()),
         "/ready": _get("Status", "The model is loaded and warm; 503 before and while draining", None, (503,)),
+        "/metrics": {"get": {"summary": "Prometheus metrics of every worker (instance-only port behind nginx)",
+                             "responses": {"200": {"description": "Prometheus text format", "content": {
+                                 "text/plain": {"schema": {"type": "string"}}}}}}},
     }
     from . import __version__
     return {"openapi": "3.0.3",

@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 
+from . import metrics
 from .errors import NotFound, Unavailable
 from .settings import Settings
 from .store import StoreError, list_versions, read_version, select_versions
@@ -38,6 +39,7 @@ class ModelRegistry:
         if self.state == "loading":
             self.state = "ready"
             mark_ready(self.settings.run_dir)
+            metrics.set_ready(True)
         self._ready.set()
 
     def start(self) -> threading.Thread:
@@ -49,6 +51,7 @@ class ModelRegistry:
         """Stop taking new work; queued requests still run (the batchers keep going until exit)."""
         self.state = "draining"
         unmark(self.settings.run_dir)
+        metrics.set_ready(False)
 
     @property
     def ready(self) -> bool:
@@ -87,7 +90,9 @@ class ModelRegistry:
             runtime = ModelRuntime(read_version(self.settings.model_store, self.name, number), device,
                                    xla=self.settings.xla, mixed_precision=self.settings.mixed_precision)
             runtime.warm_up(self._warmup_sizes())
-            runtime.batcher = Batcher(runtime.infer, self.settings.batch_policy, f"{self.name}-{number}")
+            runtime.batcher = Batcher(runtime.infer, self.settings.batch_policy, f"{self.name}-{number}",
+                                      metrics.BatchMetrics(self.name, number))
+            metrics.model_loaded(self.name, number, device, runtime.load_seconds, runtime.warmup_seconds)
             self.loads += 1
             log.info("model loaded name=%s version=%d pid=%d device=%s load_s=%.2f warmup_s=%.2f",
                      self.name, number, os.getpid(), device, runtime.load_seconds, runtime.warmup_seconds)

@@ -80,6 +80,15 @@ class Ready(Resource):
         return plane().readiness()
 
 
+class Metrics(Resource):
+    """`/metrics`: Prometheus text, every worker summed. nginx serves it on the instance-only port alone."""
+
+    def get(self):
+        from .metrics import exposition
+        body, content_type = exposition()
+        return Response(body, 200, content_type=content_type)
+
+
 class OpenAPI(Resource):
     def get(self):
         from .openapi import document
@@ -99,4 +108,5 @@ ROUTES = [
     (V2ModelReady, ["/v2/models/<name:model>/ready", "/v2/models/<name:model>/versions/<int:version>/ready"]),
     (V2Infer, ["/v2/models/<name:model>/infer", "/v2/models/<name:model>/versions/<int:version>/infer"]),
     (OpenAPI, ["/openapi.json"]),
+    (Metrics, ["/metrics"]),
 ]

@@ -140,6 +140,11 @@ class Settings(BaseSettings):
         return self.bind or f"unix:{self.socket_path}"
 
     @cached_property
+    def metrics_dir(self) -> Path:
+        """prometheus_client's multiprocess folder: every worker's samples, wiped when gunicorn starts."""
+        return (self.run_dir / "metrics").resolve()
+
+    @cached_property
     def socket_path(self) -> Path:
         return (self.run_dir / "gunicorn.sock").resolve()
 

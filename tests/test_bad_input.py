@@ -182,4 +182,4 @@ def test_a_corpus_run_leaves_every_worker_alive_and_logs_no_500(server):
     assert server.worker_pids() == before
     log = server.log()
     assert "Traceback" not in log
-    assert '" 500 ' not in log and "WORKER TIMEOUT" not in log and "was sent SIG" not in log
+    assert '"status":500' not in log and "WORKER TIMEOUT" not in log and "was sent SIG" not in log

@@ -47,8 +47,8 @@ def test_slots_fill_the_lowest_gap_and_map_round_robin():
 
 
 def _gpu_by_pid(log: str) -> dict[int, str]:
-    return {int(pid): gpu for pid, gpu in re.findall(r"\[(\d+)\] \[INFO\] api.runtime: TensorFlow device=\S+ "
-                                                     r"gpus_visible=\d+ CUDA_VISIBLE_DEVICES=(\S+)", log)}
+    return {int(pid): gpu for pid, gpu in re.findall(r'"logger":"api.runtime","pid":(\d+),"message":"TensorFlow '
+                                                     r'device=\S+ gpus_visible=\d+ CUDA_VISIBLE_DEVICES=(\S+?) ', log)}
 
 
 def test_workers_are_pinned_round_robin_and_a_replacement_takes_the_freed_gpu(two_gpus, store, tmp_path):

@@ -41,7 +41,7 @@ def test_client_request_id_is_echoed_and_written_in_both_access_logs(stack, digi
     (line,) = [entry for entry in stack.access_lines() if entry["request_id"] == request_id]
     assert line["status"] == 200 and line["upstream_status"] == "200"
     assert float(line["upstream_response_time"]) <= float(line["request_time"]) + 0.001  # ms rounding
-    assert f"request_id={request_id}" in stack.log()  # gunicorn's access log
+    assert f'"request_id":"{request_id}"' in stack.log()  # the app's JSON access line
 
 
 @pytest.mark.parametrize("sent", [None, "has spaces", "x" * 200, 'quote"d'])

@@ -101,7 +101,7 @@ def test_a_replacement_worker_takes_no_request_before_it_is_warm(store, tmp_path
         thread.join()
         log = gunicorn.log()
         loaded_at = log.index(f"version=2 pid={newcomer}")
-        first_request = log.find(f"pid=<{newcomer}>")
+        first_request = log.find(f'"logger":"api.access","pid":{newcomer}')
         assert first_request == -1 or first_request > loaded_at
         assert statuses.count(503) == 0
         assert statuses.count("reset") <= 1
