@@ -10,7 +10,7 @@ from PIL import Image
 from api import create_app, registry_of
 from api.settings import Settings
 from scripts.train_digits import held_out_split, train
-from tests.servers import Gunicorn, Stack
+from tests.servers import Gunicorn, Stack, running
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
@@ -65,12 +65,8 @@ def server(store, tmp_path_factory):
 @pytest.fixture(scope="session")
 def stack(store, tmp_path_factory):
     """The instance's stack, nginx in front of gunicorn (two workers), as `make serve` runs it."""
-    served = Stack(tmp_path_factory.mktemp("stack"), model_store=store, workers=2, threads=4)
-    try:
-        served.wait_ready(workers=2)
+    with running(Stack(tmp_path_factory.mktemp("stack"), model_store=store, workers=2, threads=4)) as served:
         yield served
-    finally:
-        served.stop()
 
 
 def png_b64(image: np.ndarray, size: int = 8, fmt: str = "PNG") -> str:

@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
@@ -134,3 +135,13 @@ class Stack:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self._log.close()
+
+
+@contextmanager
+def running(stack: "Stack", workers: int = 2):
+    """A stack for a fixture: ready with every worker warm, stopped whatever the tests did to it."""
+    try:
+        stack.wait_ready(workers=workers)
+        yield stack
+    finally:
+        stack.stop()

@@ -12,7 +12,7 @@ import requests
 
 from tests.load import REPORTS, Load
 from tests.models import build_slow_model
-from tests.servers import Stack
+from tests.servers import Stack, running
 
 CLIENTS = 32
 
@@ -20,12 +20,8 @@ CLIENTS = 32
 @pytest.fixture()
 def fresh_stack(store, tmp_path):
     """A stack of its own: these tests kill and restart its workers."""
-    served = Stack(tmp_path, model_store=store, workers=2, threads=4, model_versions="latest")
-    try:
-        served.wait_ready(workers=2)
+    with running(Stack(tmp_path, model_store=store, workers=2, threads=4, model_versions="latest")) as served:
         yield served
-    finally:
-        served.stop()
 
 
 def digit_body(digits) -> dict:

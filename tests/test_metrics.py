@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.logs import JsonFormatter
 from api.metrics import gpu_exposition
-from tests.servers import Stack, free_port
+from tests.servers import Stack, free_port, running
 
 PREDICT = 'keras_serving_requests_total{route="/predict"}'
 
@@ -26,12 +26,8 @@ PREDICT = 'keras_serving_requests_total{route="/predict"}'
 @pytest.fixture(scope="module")
 def observed(store, tmp_path_factory):
     """A stack of its own: the last test here kills one of its workers."""
-    served = Stack(tmp_path_factory.mktemp("observed"), model_store=store, workers=2, threads=4)
-    try:
-        served.wait_ready(workers=2)
+    with running(Stack(tmp_path_factory.mktemp("observed"), model_store=store, workers=2, threads=4)) as served:
         yield served
-    finally:
-        served.stop()
 
 
 def scrape(stack) -> str:
