@@ -14,7 +14,7 @@ class Inference(Resource):
 
     def dispatch_request(self, *args, **kwargs):
         g.call = plane().admit(request.headers.get("X-Request-Start"),
-                                     socket_closed(request.environ.get("gunicorn.socket")))
+                               socket_closed(request.environ.get("gunicorn.socket")))
         return super().dispatch_request(*args, **kwargs)
 
 
