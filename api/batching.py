@@ -111,7 +111,6 @@ class Batcher:
         self._queued = 0  # instances in the queue
         self._cond = threading.Condition()
         self._leading = False
-        self._closed = False
         self.stats = stats or BatchStats()  # api/metrics.py passes one that also exports them
 
     # -- request threads --------------------------------------------------------------------------
@@ -122,8 +121,6 @@ class Batcher:
         now = time.perf_counter()
         tasks = [_Task(batch[i:i + size], deadline, client_gone, waiter, now) for i in range(0, len(batch), size)]
         with self._cond:
-            if self._closed:
-                raise Unavailable("server is shutting down", retry_after=1)
             if self._queued + len(batch) > self.policy.max_enqueued and self._queued:
                 self.stats.refuse()
                 raise Unavailable(f"server is overloaded: {self._queued} instances already queued "
@@ -153,10 +150,6 @@ class Batcher:
         if len(tasks) == 1:
             return tasks[0].outputs
         return {name: np.concatenate([t.outputs[name] for t in tasks]) for name in tasks[0].outputs}
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
 
     def policy_dict(self) -> dict:
         p = self.policy
@@ -255,7 +248,7 @@ class BatchStats:
     def __init__(self):
         self.batches = self.instances = self.padded = self.requests = 0
         self.refused = self.dropped = 0
-        self.busy_seconds = self.queue_seconds = 0.0
+        self.busy_seconds = 0.0
 
     def record(self, requests: int, instances: int, padded: int, seconds: float,
                queue_waits: list[float] = (), still_queued: int = 0) -> None:
@@ -265,7 +258,6 @@ class BatchStats:
         self.instances += instances
         self.padded += padded
         self.busy_seconds += seconds
-        self.queue_seconds += sum(queue_waits)
 
     def refuse(self) -> None:
         self.refused += 1

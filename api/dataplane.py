@@ -50,7 +50,7 @@ class DataPlane:
                               f"(limit {self.settings.max_queue_wait:g} s); retry shortly", retry_after=1)
         return Call(time.monotonic() + self.settings.request_timeout - waited, client_gone)
 
-    def predict(self, name: str, version: int | None, body: bytes, content_type: str | None,
+    def tfserving_predict(self, name: str, version: int | None, body: bytes, content_type: str | None,
                 call: Call | None = None) -> dict:
         runtime = self.registry.get(name, version)
         require_json(content_type)
@@ -86,8 +86,8 @@ class DataPlane:
         return tfserving.model_status(name, self.registry.versions(), self.registry.state)
 
     def tf_metadata(self, name: str, version: int | None) -> dict:
-        metadata = tfserving.model_metadata(self.registry.get(name, version))
         runtime = self.registry.get(name, version)
+        metadata = tfserving.model_metadata(runtime)
         metadata["runtime"].update(worker_pid=os.getpid(), model_loads=self.registry.loads,
                                    batching={**runtime.batcher.policy_dict(), **runtime.batcher.stats.as_dict(),
                                              "queued_instances": runtime.batcher.queued})

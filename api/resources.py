@@ -22,14 +22,14 @@ class Predict(Inference):
     """`POST /predict`: the default model, TensorFlow Serving's body."""
 
     def post(self):
-        return plane().predict(plane().registry.name, None, request.get_data(cache=False),
-                               request.content_type, g.call)
+        return plane().tfserving_predict(plane().registry.name, None, request.get_data(cache=False),
+                                         request.content_type, g.call)
 
 
 class TFPredict(Inference):
     def post(self, model, version=None):
-        return plane().predict(model, version, request.get_data(cache=False), request.content_type,
-                               g.call)
+        return plane().tfserving_predict(model, version, request.get_data(cache=False),
+                                         request.content_type, g.call)
 
 
 class TFModelStatus(Resource):
