@@ -22,7 +22,7 @@ $(BIN)/.dev: $(BIN)/.runtime requirements-dev.txt
 	touch $@
 
 install: $(BIN)/.runtime  ## virtualenv with the pinned runtime dependencies
-system-deps:  ## nginx and prometheus from the distribution's packages, if missing
+system-deps:  ## nginx, prometheus and slowhttptest from the distribution's packages, if missing
 	@scripts/install_system_deps.sh
 install-dev: $(BIN)/.dev  ## ... and the pinned test tools
 deploy-tools:  ## packer, shellcheck, systemd (Debian) and cfn-lint, checkov (own venv) for deploy/'s checks

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Install the Debian/Ubuntu packages the stack and its tests need, when missing: nginx, and prometheus
-# (its server and promtool: tests/test_metrics.py scrapes the stack with them).
+# Install the Debian/Ubuntu packages the stack and its tests need, when missing: nginx, prometheus
+# (its server and promtool: tests/test_metrics.py scrapes the stack with them) and slowhttptest
+# (tests/faults/ holds slow-client attacks against the stack).
 set -o errexit -o nounset -o pipefail
 
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v slowhttptest >/dev/null 2>&1 || need+=(slowhttptest)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 sudo=""
