@@ -71,8 +71,13 @@ def on_starting(server):
 
 
 def when_ready(server):
-    """SIGHUP becomes a ready-gated rolling restart (see api/workers.py)."""
+    """Three signals change meaning (api/lifecycle.py): HUP is a ready-gated rolling restart, TERM drains
+    before the graceful stop, and TTIN comes from a worker past SERVE_MAX_REQUESTS asking for a warm
+    successor (gunicorn's own max_requests stays off: its worker exits before any successor is warm)."""
     server.handle_hup = functools.partial(lifecycle.rolling_restart, server, settings.run_dir, settings.timeout)
+    server.handle_term = functools.partial(lifecycle.drain_then_stop, server, settings.run_dir,
+                                           settings.drain_seconds)
+    server.handle_ttin = functools.partial(lifecycle.recycle_requested, server, settings.run_dir, settings.timeout)
 
 
 def pre_fork(server, worker):
@@ -86,6 +91,11 @@ def post_fork(server, worker):
     if gpu is not None:  # before TensorFlow is imported: it reads the variable once, at start
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     lifecycle.one_write_responses()
+    worker.recycler = lifecycle.Recycler(settings.run_dir, settings.max_requests, settings.max_requests_jitter)
+
+
+def post_request(worker, req, environ, resp):
+    worker.recycler.served_one()
 
 
 def post_worker_init(worker):
@@ -115,7 +125,7 @@ def _drain_on(signum, registry):
 def child_exit(server, worker):
     from api import metrics  # here, not at the top: after PROMETHEUS_MULTIPROC_DIR is set
 
-    lifecycle.unmark(settings.run_dir, worker.pid)
+    lifecycle.forget(settings.run_dir, worker.pid)
     metrics.worker_exited(worker.pid)
 
 

@@ -11,6 +11,7 @@ from typing import Callable
 from . import tfserving, v2
 from .codecs import dump_json, load_json, require_json
 from .errors import Unavailable
+from .lifecycle import is_draining
 from .registry import ModelRegistry
 from .settings import Settings
 
@@ -102,7 +103,7 @@ class DataPlane:
 
     def readiness(self) -> dict:
         """What `/ready` answers when this worker takes traffic; raises 503 otherwise."""
-        if self.registry.state == "draining":
+        if self.registry.state == "draining" or is_draining(self.settings.run_dir):
             raise Unavailable("server is shutting down", retry_after=1)
         self.registry.get(self.registry.name)  # loading or failed: 503 with the reason
         return {"status": "ready", "model": self.registry.name, "versions": self.registry.versions()}

@@ -57,8 +57,11 @@ class Settings(BaseSettings):
     """Open connections one client address may hold (nginx limit_conn); beyond it, 429."""
     trusted_proxies: tuple[str, ...] = ()
     """CIDRs of the load balancers in front; their X-Forwarded-For gives the real client address."""
+    load_balancer_idle_timeout: int = Field(60, ge=1)
+    """Idle timeout of the load balancer in front (deploy/'s ALB is set to it); `client_keepalive` must be
+    longer, so the load balancer, never nginx, closes an idle connection."""
     client_keepalive: int = Field(75, ge=1)
-    """Seconds nginx keeps an idle client connection; longer than the load balancer's 60 s idle timeout."""
+    """Seconds nginx keeps an idle client connection; longer than the load balancer's idle timeout."""
     upstream_keepalive: int = Field(60, ge=1)
     """Seconds nginx keeps an idle connection to gunicorn; shorter than gunicorn's keepalive."""
     upstream_tries: int = Field(3, ge=1, le=10)
@@ -85,6 +88,15 @@ class Settings(BaseSettings):
     """Seconds a silent worker lives before gunicorn kills it; covers model load and warm-up."""
     graceful_timeout: int = Field(30, ge=1)
     """Seconds a stopping worker has to finish its requests."""
+    drain_seconds: float = Field(5.0, ge=0, le=300)
+    """On a stop, seconds the server keeps serving after /ready turns 503, so that load balancers and
+    health checks see it and stop sending before it stops accepting connections."""
+    max_requests: int = Field(0, ge=0)
+    """Requests a worker serves before it is replaced (a guard against slow leaks); 0 = never. Unlike
+    gunicorn's own max_requests, the old worker stops only once its successor is warm."""
+    max_requests_jitter: int = Field(0, ge=0)
+    """Up to this many requests added at random to each worker's `max_requests`, so that workers started
+    together are not replaced together."""
     keepalive: int = Field(90, ge=1)
     """Seconds gunicorn keeps an idle connection from nginx; longer than `upstream_keepalive`, so
     nginx never reuses a connection gunicorn is closing."""
@@ -127,6 +139,19 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _batching_is_consistent(self):
         self.batch_policy  # raises ValueError on allowed sizes that do not end with max_batch_size
+        return self
+
+    @model_validator(mode="after")
+    def _keepalives_close_from_the_front(self):
+        """Along client -> load balancer -> nginx -> gunicorn, each hop must close an idle connection
+        before the hop behind it does: a request sent on a connection the far side is closing fails
+        (for a POST through nginx, a 502 unless retried)."""
+        if self.client_keepalive <= self.load_balancer_idle_timeout:
+            raise ValueError(f"client_keepalive ({self.client_keepalive} s) must be longer than "
+                             f"load_balancer_idle_timeout ({self.load_balancer_idle_timeout} s)")
+        if self.upstream_keepalive >= self.keepalive:
+            raise ValueError(f"upstream_keepalive ({self.upstream_keepalive} s) must be shorter than "
+                             f"keepalive, gunicorn's ({self.keepalive} s)")
         return self
 
     @cached_property

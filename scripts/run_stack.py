@@ -3,9 +3,12 @@
     python scripts/run_stack.py [--access-log PATH]
 
 This is what `make serve` runs and what the end-to-end tests start. nginx runs under its own prefix
-(`<run_dir>/nginx`) with a config rendered from the settings, never the system's. Ctrl-C (or SIGTERM)
-stops nginx first, letting in-flight requests finish, then gunicorn; SIGHUP is passed to gunicorn,
-whose workers then restart one by one, each old one stopping only when its replacement is warm.
+(`<run_dir>/nginx`) with a config rendered from the settings, never the system's.
+
+Ctrl-C (or SIGTERM) drains: /ready turns 503 at once while everything else is still served for
+SERVE_DRAIN_SECONDS (a second Ctrl-C cuts that short), then nginx stops accepting and finishes what it
+holds, then gunicorn stops. SIGHUP is passed to gunicorn, whose workers then restart one by one, each
+old one stopping only when its replacement is warm.
 """
 import argparse
 import os
@@ -19,6 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from api.lifecycle import start_draining, stop_draining  # noqa: E402
 from api.settings import Settings  # noqa: E402
 from scripts.render_nginx import render  # noqa: E402
 
@@ -56,6 +60,7 @@ def main(argv=None) -> int:
     settings = Settings()
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     settings.socket_path.unlink(missing_ok=True)
+    stop_draining(settings.run_dir)
     conf = render(settings, settings.run_dir / "nginx", local=True, access_log=args.access_log)
 
     gunicorn = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=ROOT,
@@ -76,11 +81,23 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGHUP, lambda signum, frame: gunicorn.send_signal(signal.SIGHUP))
     while not stopping and gunicorn.poll() is None and nginx.poll() is None:
         time.sleep(0.2)
+    if stopping:
+        drain(settings, stopping, (nginx, gunicorn))
     return shutdown(nginx, gunicorn, settings, clean=bool(stopping))
 
 
+def drain(settings: Settings, stopping: list, processes) -> None:
+    """/ready answers 503 from now on; keep serving until the load balancer has seen it."""
+    start_draining(settings.run_dir)
+    print(f"draining: /ready answers 503; stopping in {settings.drain_seconds:g} s (Ctrl-C again: now)", flush=True)
+    deadline = time.monotonic() + settings.drain_seconds
+    while time.monotonic() < deadline and len(stopping) < 2 and all(p.poll() is None for p in processes):
+        time.sleep(0.05)
+
+
 def shutdown(nginx: subprocess.Popen, gunicorn: subprocess.Popen, settings: Settings, clean: bool) -> int:
-    """nginx first (QUIT: stop accepting, finish what it holds), then gunicorn (TERM: graceful)."""
+    """nginx first (QUIT: stop accepting, finish what it holds), then gunicorn (TERM: graceful; it sees
+    the stack already drained and does not wait again)."""
     for process, sig in ((nginx, signal.SIGQUIT), (gunicorn, signal.SIGTERM)):
         if process.poll() is None:
             process.send_signal(sig)

@@ -29,6 +29,7 @@ class Gunicorn:
         self.run_dir = tmp / f"run-{self.port}"
         env = {**os.environ, "SERVE_BIND": f"127.0.0.1:{self.port}", "SERVE_RUN_DIR": str(self.run_dir),
                "PYTHONUNBUFFERED": "1"}
+        settings.setdefault("drain_seconds", 0)  # tests that stop a server under load set their own drain
         env.update({f"SERVE_{k.upper()}": str(v) for k, v in settings.items()})
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
@@ -88,6 +89,7 @@ class Stack:
         env = {**os.environ, "SERVE_PORT": str(self.port), "SERVE_STATUS_PORT": str(self.status_port),
                "SERVE_RUN_DIR": str(self.run_dir), "PYTHONUNBUFFERED": "1"}
         env.pop("SERVE_BIND", None)
+        settings.setdefault("drain_seconds", 0)  # tests that stop a server under load set their own drain
         env.update({f"SERVE_{k.upper()}": str(v) for k, v in settings.items()})
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(

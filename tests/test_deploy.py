@@ -143,7 +143,8 @@ def test_timeouts_match_the_servers_settings(cfn):
     settings = Settings()
     resources = cfn["Resources"]
     idle = int(_attributes(resources["LoadBalancer"], "LoadBalancerAttributes")["idle_timeout.timeout_seconds"])
-    assert idle < settings.client_keepalive, "the load balancer must close idle connections before nginx does"
+    assert idle == settings.load_balancer_idle_timeout < settings.client_keepalive, \
+        "the load balancer must close idle connections before nginx does"
     drain = _default(cfn, "DrainSeconds")
     assert settings.request_timeout <= drain < 300, "drain long enough for a request, shorter than AWS's 300 s"
     assert _attributes(resources["TargetGroup"], "TargetGroupAttributes")["deregistration_delay.timeout_seconds"] == \
@@ -297,7 +298,8 @@ def test_units_stop_gracefully_within_the_settings_timeouts(instance):
     unit = (root / "etc/systemd/system/keras-serving.service").read_text()
     settings = Settings()
     assert "KillSignal=SIGTERM" in unit and "KillMode=mixed" in unit
-    assert int(re.search(r"^TimeoutStopSec=(\d+)", unit, re.M).group(1)) > settings.graceful_timeout
+    # systemd outwaits the drain (/ready 503, still serving) and then gunicorn's graceful stop
+    assert int(re.search(r"^TimeoutStopSec=(\d+)", unit, re.M).group(1)) > settings.drain_seconds + settings.graceful_timeout
     nginx = (root / "etc/systemd/system/nginx.service.d/keras-serving.conf").read_text()
     drain = int(re.search(r"QUIT/(\d+)", nginx).group(1))
     assert drain > settings.request_timeout and f"TimeoutStopSec={drain}" in nginx

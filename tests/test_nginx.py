@@ -15,8 +15,6 @@ from api.settings import Settings
 from scripts.render_nginx import render
 from tests.servers import Stack, free_port
 
-ALB_IDLE_TIMEOUT = 60  # seconds: AWS Application Load Balancer default
-
 
 def test_public_listener_hides_instance_only_routes(stack):
     for path in ("/health", "/metrics", "/nginx_status"):
@@ -136,7 +134,7 @@ def test_keepalive_timeouts_shrink_from_the_client_inwards(tmp_path):
     settings, text = rendered(tmp_path)
     client_keepalive = [seconds(v) for v in directive(text, "keepalive_timeout")]
     assert min(client_keepalive) == settings.upstream_keepalive and settings.upstream_keepalive < settings.keepalive
-    assert max(client_keepalive) == settings.client_keepalive > ALB_IDLE_TIMEOUT
+    assert max(client_keepalive) == settings.client_keepalive > settings.load_balancer_idle_timeout
 
 
 def test_proxy_limits_follow_the_app_settings(tmp_path):

@@ -193,10 +193,11 @@ release_python() {
 
 read_settings() {
     # Invalid settings stop the provisioning here rather than the service at boot.
-    read -r GRACEFUL_TIMEOUT REQUEST_TIMEOUT < <(release_python -c \
-        'from api.settings import Settings; s = Settings(); print(s.graceful_timeout, int(-(-s.request_timeout // 1)))')
-    # systemd must outwait gunicorn's own graceful stop, else it SIGKILLs workers mid-request.
-    GUNICORN_STOP_SEC=$((GRACEFUL_TIMEOUT + 10))
+    read -r GRACEFUL_TIMEOUT REQUEST_TIMEOUT DRAIN_SECONDS < <(release_python -c \
+        'from api.settings import Settings; s = Settings(); c = lambda x: int(-(-x // 1)); print(s.graceful_timeout, c(s.request_timeout), c(s.drain_seconds))')
+    # systemd must outwait gunicorn's drain (/ready 503 while still serving) and its graceful stop,
+    # else it SIGKILLs workers mid-request.
+    GUNICORN_STOP_SEC=$((DRAIN_SECONDS + GRACEFUL_TIMEOUT + 10))
     # nginx's graceful QUIT waits for requests in flight, each bounded by the request timeout.
     NGINX_DRAIN_SEC=$((REQUEST_TIMEOUT + 5))
 }
