@@ -1,5 +1,6 @@
 """A steady HTTP load for life-cycle tests: N clients in threads, each keeping its connection alive,
-every answer counted: status codes, connection resets and timeouts."""
+every answer counted: status codes, connection resets and timeouts. `HealthCheck` plays the load
+balancer in front: it polls /ready and stops routing new requests once the server says it is leaving."""
 import threading
 import time
 from collections import Counter
@@ -12,8 +13,11 @@ REPORTS: list[str] = []
 
 
 class Load:
-    def __init__(self, url: str, body: dict, clients: int = 32, timeout: float = 30.0):
+    def __init__(self, url: str, body: dict, clients: int = 32, timeout: float = 30.0, on_answer=None):
         self.url, self.body, self.clients, self.timeout = url, body, clients, timeout
+        self.on_answer = on_answer  # called with every 200 answer, e.g. to see which model version served
+        self.routing = threading.Event()  # cleared: no new request is sent (a load balancer deregistered us)
+        self.routing.set()
         self.outcomes: Counter = Counter()
         self.latencies: list[float] = []
         self.failures: list[str] = []
@@ -37,10 +41,14 @@ class Load:
     def _client(self) -> None:
         session = requests.Session()
         while not self._stop.is_set():
+            if not self.routing.wait(0.05):
+                continue
             started = time.monotonic()
             try:
                 answer = session.post(self.url, json=self.body, timeout=self.timeout)
                 outcome, detail = answer.status_code, answer.text[:200]
+                if outcome == 200 and self.on_answer is not None:
+                    self.on_answer(answer)
             except requests.RequestException as exc:
                 outcome, detail = type(exc).__name__, str(exc)[:200]
             with self._lock:
@@ -69,3 +77,46 @@ class Load:
         print(line)
         REPORTS.append(line)
         return line
+
+
+def wait_until(condition, timeout: float = 60.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.05)
+
+
+class HealthCheck:
+    """A load balancer's health check, fast: polls `url`; after `unhealthy` answers in a row that are not
+    200 it stops routing `load`'s new requests (requests already sent still finish)."""
+
+    def __init__(self, url: str, load: Load, interval: float = 0.1, unhealthy: int = 2):
+        self.url, self.load, self.interval, self.unhealthy = url, load, interval, unhealthy
+        self.first_unhealthy_at: float | None = None
+        self.deregistered_at: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(5)
+
+    def _poll(self) -> None:
+        in_a_row = 0
+        while not self._stop.is_set() and self.deregistered_at is None:
+            try:
+                healthy = requests.get(self.url, timeout=2).status_code == 200
+            except requests.RequestException:
+                healthy = False
+            in_a_row = 0 if healthy else in_a_row + 1
+            if in_a_row == 1 and self.first_unhealthy_at is None:
+                self.first_unhealthy_at = time.monotonic()
+            if in_a_row >= self.unhealthy:
+                self.load.routing.clear()
+                self.deregistered_at = time.monotonic()
+            self._stop.wait(self.interval)

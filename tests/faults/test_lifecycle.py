@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from tests.load import REPORTS, Load
+from tests.load import REPORTS, Load, wait_until
 from tests.models import build_slow_model
 from tests.servers import Stack, running
 
@@ -26,14 +26,6 @@ def fresh_stack(store, tmp_path):
 
 def digit_body(digits) -> dict:
     return {"instances": digits[0][:1].tolist()}
-
-
-def wait_until(condition, timeout: float = 60.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.05)
 
 
 def test_a_worker_killed_with_sigkill_loses_no_request(fresh_stack, digits):
