@@ -6,6 +6,7 @@ fixed overhead per call, against well under 1 ms for the compiled function trace
 """
 import os
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
+from google.protobuf.message import DecodeError  # noqa: E402
+from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
 
 from .settings import Settings  # noqa: E402
 from .store import ModelVersion, StoreError  # noqa: E402
@@ -159,7 +162,59 @@ def _in_mixed_precision(model):
     return clone
 
 
+# Ops that reach outside the model: files, checkpoints, data pipelines, summaries and prints (which may
+# write to a file), protos read from a descriptor file, Python, other processes and machines. A SavedModel
+# is a program with no safe mode, whose resource initialisers run inside `tf.saved_model.load` itself:
+# one whose runnable functions use any of these ops is refused before TensorFlow loads it.
+OUTSIDE_OPS = re.compile(r"File|Reader|Dataset|Iterator|Save|Restore|Checkpoint|Summary|Event|Debug|PyFunc"
+                         r"|Print|Proto|Collective|Send|Recv|RemoteCall|ImmutableConst|LoadAndRemapMatrix"
+                         r"|VocabRemapping")
+
+
+def _outside_ops(folder) -> set[str]:
+    """The ops matching `OUTSIDE_OPS` in what TensorFlow can run once it loads this SavedModel.
+
+    TensorFlow 2 runs the functions its object graph names (signatures, methods, resource initialisers) and
+    what they call, never the checkpoint functions saved beside them (SaveV2, RestoreV2: it restores
+    variables itself). A SavedModel without an object graph is TensorFlow 1's, whose loader runs whatever
+    op its graph names as an initialiser: refused whole.
+    """
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((folder / "saved_model.pb").read_bytes())
+    found = set()
+    for graph in saved.meta_graphs:
+        objects = graph.object_graph_def
+        if not objects.nodes:
+            raise StoreError(f"{folder}: a TensorFlow 1 SavedModel, whose loader runs any op its graph "
+                             "names; re-export it with TensorFlow 2 (tf.saved_model.save or Keras's export)")
+        library = {f.signature.name: f for f in graph.graph_def.library.function}
+        pending = [*objects.concrete_functions, *(name for node in objects.nodes
+                                                   for name in node.function.concrete_functions),
+                   *(node.bare_concrete_function.concrete_function_name for node in objects.nodes)]
+        seen = set()
+        while pending:
+            name = pending.pop()
+            if name in seen or name not in library:
+                continue
+            seen.add(name)
+            for node in library[name].node_def:
+                if OUTSIDE_OPS.search(node.op):
+                    found.add(node.op)
+                pending.append(node.op)  # a node may call a library function by name
+                for value in node.attr.values():  # or through an attribute: call, If, While, Case...
+                    pending += [value.func.name, *(f.name for f in value.list.func)]
+    return found
+
+
 def _compile_saved_model(version: ModelVersion):
+    try:
+        outside = _outside_ops(version.path)
+    except DecodeError as exc:
+        raise StoreError(f"{version.path}: cannot load SavedModel: {exc}") from exc
+    if outside:
+        raise StoreError(f"{version.path}: SavedModel refused: its functions use "
+                         f"{', '.join(sorted(outside))}, ops that reach outside the model (files, the network "
+                         "or Python)")
     try:
         loaded = tf.saved_model.load(str(version.path))
         fn = loaded.signatures["serving_default"]

@@ -7,6 +7,7 @@ Nothing here imports TensorFlow: the gunicorn master may read the store safely.
 """
 import json
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -85,13 +86,23 @@ def _model_file(folder: Path) -> tuple[Literal["keras", "saved_model"], Path]:
     refused = [p.name for p in folder.iterdir() if p.suffix.lower() in REFUSED_SUFFIXES]
     keras_files = sorted(folder.glob("*.keras"))
     if (folder / "model.keras").is_file():
-        return "keras", folder / "model.keras"
+        return "keras", _keras_archive(folder / "model.keras")
     if len(keras_files) == 1:
-        return "keras", keras_files[0]
+        return "keras", _keras_archive(keras_files[0])
     if refused:
         raise StoreError(f"{folder}: {refused[0]} is an HDF5 model, which loads without safe mode; "
                          "re-save it as .keras")
     raise StoreError(f"{folder}: no model.keras, single *.keras file or saved_model.pb")
+
+
+def _keras_archive(path: Path) -> Path:
+    """A `.keras` model must be the zip Keras v3 writes. Of anything else under that name (an HDF5 file
+    renamed, the archive unzipped) Keras says only "file not found" or "is a directory": refused here,
+    with the reason."""
+    if not zipfile.is_zipfile(path):
+        raise StoreError(f"{path}: not a Keras v3 archive (the zip model.save('model.keras') writes); "
+                         "HDF5 files and unzipped folders are refused")
+    return path
 
 
 def _serving_config(path: Path) -> ServingConfig:
