@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     """gunicorn worker processes, each holding one copy of the model."""
     threads: int = Field(8, ge=1)
     """Request threads per worker (gthread)."""
-    timeout: int = Field(120, ge=10)
+    timeout: int = Field(120, ge=3)
     """Seconds a silent worker lives before gunicorn kills it; covers model load and warm-up."""
     graceful_timeout: int = Field(30, ge=1)
     """Seconds a stopping worker has to finish its requests."""

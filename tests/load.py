@@ -13,8 +13,10 @@ REPORTS: list[str] = []
 
 
 class Load:
-    def __init__(self, url: str, body: dict, clients: int = 32, timeout: float = 30.0, on_answer=None):
+    def __init__(self, url: str, body: dict, clients: int = 32, timeout: float = 30.0, on_answer=None,
+                 source_address: str | None = None):
         self.url, self.body, self.clients, self.timeout = url, body, clients, timeout
+        self.source_address = source_address  # e.g. 127.0.0.2: another client than an attacker on 127.0.0.1
         self.on_answer = on_answer  # called with every 200 answer, e.g. to see which model version served
         self.routing = threading.Event()  # cleared: no new request is sent (a load balancer deregistered us)
         self.routing.set()
@@ -40,6 +42,8 @@ class Load:
 
     def _client(self) -> None:
         session = requests.Session()
+        if self.source_address:
+            session.mount("http://", _FromAddress(self.source_address))
         while not self._stop.is_set():
             if not self.routing.wait(0.05):
                 continue
@@ -77,6 +81,15 @@ class Load:
         print(line)
         REPORTS.append(line)
         return line
+
+
+class _FromAddress(requests.adapters.HTTPAdapter):
+    def __init__(self, address: str):
+        self.address = address
+        super().__init__()
+
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, source_address=(self.address, 0), **kwargs)
 
 
 def wait_until(condition, timeout: float = 60.0, what: str = "") -> None:

@@ -19,3 +19,39 @@ def build_slow_model(store: Path, name: str = "slow") -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / "model.keras")
     return folder
+
+
+def build_heavy_model(store: Path, name: str, version: int, convolutions: int) -> Path:
+    """Seconds per instance, by design: `convolutions` 3x3, 128-channel convolutions over 256x256 (each
+    about 9.7 GMAC), with digits' input and output. Its weights stay small (0.6 MB per convolution)."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((8, 8, 1), name="image"),
+        keras.layers.UpSampling2D(32),
+        *[keras.layers.Conv2D(128, 3, padding="same", activation="relu") for _ in range(convolutions)],
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(10, activation="softmax", name="probabilities"),
+    ], name=name)
+    folder = store / name / str(version)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.keras")
+    return folder
+
+
+def convolutions_lasting(seconds: float) -> int:
+    """How many of build_heavy_model's convolutions one instance needs to take about `seconds` here
+    (measured in this process, which has the cores a single worker gets)."""
+    import time
+
+    import numpy as np
+    import tensorflow as tf
+    probe = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.UpSampling2D(32),
+                              *[keras.layers.Conv2D(128, 3, padding="same") for _ in range(3)]])
+    call = tf.function(probe).get_concrete_function(tf.TensorSpec((1, 8, 8, 1), tf.float32))
+    one = tf.constant(np.zeros((1, 8, 8, 1), "float32"))
+    call(one)
+    started = time.perf_counter()
+    for _ in range(3):
+        call(one)
+    per_convolution = (time.perf_counter() - started) / 3 / 3
+    return max(4, min(200, round(seconds / per_convolution)))

@@ -12,7 +12,7 @@ import requests
 
 from tests.load import REPORTS, HealthCheck, Load, wait_until
 from tests.models import build_slow_model
-from tests.servers import Stack
+from tests.servers import Gunicorn, Stack
 
 CLIENTS = 32
 DRAIN = 2.0  # SERVE_DRAIN_SECONDS: time for the health check to see 503 (the ALB needs interval x threshold)
@@ -84,3 +84,27 @@ def _writing(stack) -> int:
     text = requests.get(stack.status_url + "/nginx_status", timeout=2).text
     return int(text.split("Writing:")[1].split()[0]) - 1
 
+
+
+def test_gunicorn_alone_drains_on_sigterm_as_systemd_stops_it(store, tmp_path, digits):
+    """On an instance systemd stops the gunicorn unit itself (KillSignal=SIGTERM to the master): the
+    master turns /ready to 503 and serves on for the drain before its graceful stop."""
+    server = Gunicorn(tmp_path, model_store=store, workers=2, threads=4, model_versions="latest",
+                      drain_seconds=DRAIN)
+    try:
+        server.wait_ready()
+        server.wait_all_workers_ready(2)
+        with Load(server.url + "/predict", {"instances": digits[0][:1].tolist()}, CLIENTS) as load, \
+                HealthCheck(server.url + "/ready", load) as check:
+            load.wait_for(300)
+            stopped_at = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            exit_code = server.process.wait(60)
+            took = time.monotonic() - stopped_at
+        load.report(f"gunicorn alone stopped under load, drain {DRAIN:g} s: not ready after "
+                    f"{check.first_unhealthy_at - stopped_at:.2f} s, exited {exit_code} after {took:.2f} s")
+    finally:
+        server.stop()
+    assert load.failed == 0, load.failures[:5]
+    assert check.first_unhealthy_at - stopped_at < 1.0 and check.deregistered_at - stopped_at < DRAIN
+    assert exit_code == 0 and took >= DRAIN
