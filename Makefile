@@ -6,7 +6,7 @@ STORE ?= $(or $(SERVE_MODEL_STORE),models)
 PIP_VERSION := 26.3
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev system-deps deploy-tools model serve settings settings-table test check bench loadtest clean
+.PHONY: help install install-dev system-deps deploy-tools model serve settings settings-table test check bench soak loadtest clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -51,6 +51,10 @@ test: install-dev system-deps deploy-tools check  ## the whole test suite (real 
 bench: install-dev system-deps  ## throughput and latency against the in-process limit and the peers (docs/performance.md)
 	@command -v wrk >/dev/null || apt-get install -y -q wrk
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+SOAK_ARGS ?=
+soak: install-dev system-deps  ## the stack at ~70% of capacity for an hour: memory, fds, nginx errors (docs/soak.md)
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 URL ?= http://127.0.0.1:8080
 SHAPE ?=
