@@ -119,7 +119,10 @@ def check_shape(array: np.ndarray, expected: tuple[int | None, ...], what: str,
     """`expected` is the per-instance shape; None matches any size."""
     if array.size > max_elements:
         raise PayloadTooLarge(f"{what} has {array.size} elements, over the limit of {max_elements}")
-    got = array.shape[1:]
+    check_instance_shape(array.shape[1:], expected, what)
+
+
+def check_instance_shape(got: tuple[int, ...], expected: tuple[int | None, ...], what: str) -> None:
     if len(got) != len(expected) or any(e is not None and e != g for e, g in zip(expected, got)):
         want = "[" + ", ".join("any" if e is None else str(e) for e in expected) + "]"
         raise InvalidInput(f"{what} has instances of shape {list(got)}; the model takes {want}")

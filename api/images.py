@@ -44,13 +44,14 @@ def image_to_instance(data: bytes, spec: ImageSpec, shape: tuple[int | None, ...
     if pixels.ndim == 3 and spec.channel_order == "BGR":
         pixels = pixels[..., ::-1]
     pixels = pixels * np.float32(spec.scale) + np.asarray(spec.offset, dtype=np.float32)
-    return pixels.reshape(shape) if channels else pixels
+    return pixels.reshape(height, width, channels) if channels else pixels
 
 
 def _target(shape, spec: ImageSpec, what: str) -> tuple[int, int, int | None]:
-    channels = shape[2] if len(shape) == 3 else None
+    """(height, width, channels); channels None for a 2-D input, which only a grey image can feed."""
     want = 1 if spec.color_mode == "L" else 3
-    if len(shape) not in (2, 3) or None in shape[:2] or (channels is not None and channels != want):
+    channels = (shape[2] or want) if len(shape) == 3 else None  # a None channel dimension takes any
+    if len(shape) not in (2, 3) or None in shape[:2] or (channels or 1) != want:
         raise InvalidInput(f"{what}: this model's input {list(shape)} cannot be fed from a "
                            f"{spec.color_mode} image")
     return shape[0], shape[1], channels

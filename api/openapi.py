@@ -120,11 +120,12 @@ def document() -> dict:
         "/v2/models/{model}/versions/{version}/ready": _get("ModelReady", "Model readiness, one version", True),
         "/v2/models/{model}/infer": _infer_op(False),
         "/v2/models/{model}/versions/{version}/infer": _infer_op(True),
-        "/health": _get("Status", "The process is alive", None, ()),
+        # Instance-only routes: nginx's public port answers them 404 (the status port serves them).
+        "/health": _get("Status", "The process is alive (404 on the public port)", None, (404,)),
         "/ready": _get("Status", "The model is loaded and warm; 503 before and while draining", None, (503,)),
         "/metrics": {"get": {"summary": "Prometheus metrics of every worker (instance-only port behind nginx)",
                              "responses": {"200": {"description": "Prometheus text format", "content": {
-                                 "text/plain": {"schema": {"type": "string"}}}}}}},
+                                 "text/plain": {"schema": {"type": "string"}}}}, **_errors(404)}}},
     }
     from . import __version__
     return {"openapi": "3.0.3",

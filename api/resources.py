@@ -3,10 +3,25 @@ from flask import Response, current_app, g, request
 from flask_restful import Resource
 
 from .batching import socket_closed
+from .errors import PayloadTooLarge
 
 
 def plane():
     return current_app.extensions["dataplane"]
+
+
+def request_body() -> bytes:
+    """The request body, within max_body_bytes.
+
+    werkzeug refuses a Content-Length over the limit (413), but reads a chunked body only up to the
+    limit and returns it cut short, as if whole. Behind nginx every body has a length; on gunicorn's
+    own port one more byte in the stream means the body was over the limit.
+    """
+    data = request.get_data(cache=False)
+    limit = plane().settings.max_body_bytes
+    if request.content_length is None and len(data) >= limit and request.environ["wsgi.input"].read(1):
+        raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+    return data
 
 
 class Inference(Resource):
@@ -22,13 +37,13 @@ class Predict(Inference):
     """`POST /predict`: the default model, TensorFlow Serving's body."""
 
     def post(self):
-        return plane().tfserving_predict(plane().registry.name, None, request.get_data(cache=False),
+        return plane().tfserving_predict(plane().registry.name, None, request_body(),
                                          request.content_type, g.call)
 
 
 class TFPredict(Inference):
     def post(self, model, version=None):
-        return plane().tfserving_predict(model, version, request.get_data(cache=False),
+        return plane().tfserving_predict(model, version, request_body(),
                                          request.content_type, g.call)
 
 
@@ -61,7 +76,7 @@ class V2ModelReady(Resource):
 
 class V2Infer(Inference):
     def post(self, model, version=None):
-        body, headers = plane().infer(model, version, request.get_data(cache=False), request.content_type,
+        body, headers = plane().infer(model, version, request_body(), request.content_type,
                                       request.headers.get("Inference-Header-Content-Length"), g.call)
         return Response(body, 200, headers)
 

@@ -60,7 +60,10 @@ def instances_to_batch(values, body: bytes, runtime, settings, what: str) -> np.
         raise InvalidInput(f"'{what}' has {len(values)} instances, over the limit of {settings.max_instances}")
     spec = runtime.input
     if any(isinstance(v, dict) for v in values):
-        batch = np.stack([_instance(v, i, runtime, settings, what) for i, v in enumerate(values)])
+        rows = [_instance(v, i, runtime, settings, what) for i, v in enumerate(values)]
+        if len({row.shape for row in rows}) > 1:  # a None dimension takes any size, but one per batch
+            raise InvalidInput(f"'{what}' is ragged: every instance must have the same shape")
+        batch = np.stack(rows)
     else:
         batch = to_array(values, spec.dtype, f"'{what}'", body)
     if batch.ndim == 0:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .codecs import cast, check_shape, load_json, to_array
+from .codecs import cast, check_instance_shape, check_shape, load_json, to_array
 from .errors import InvalidInput, PayloadTooLarge
 
 HEADER = "Inference-Header-Content-Length"
@@ -33,9 +33,11 @@ class InferRequest:
 def parse_header_length(value: str | None, body_length: int) -> int | None:
     if value is None:
         return None
-    if not value.isdigit() or not 0 < int(value) <= body_length:
+    # ASCII digits only: str.isdigit() also takes '²' (gunicorn decodes headers as latin-1), which
+    # int() refuses; and at most 20 of them, any byte count's (int() refuses over 4300 digits).
+    if not (value.isascii() and value.isdigit() and len(value) <= 20) or not 0 < int(value) <= body_length:
         raise InvalidInput(f"{HEADER} must be a length from 1 to the body's {body_length} bytes, "
-                           f"got {value!r}")
+                           f"got {value[:24]!r}")
     return int(value)
 
 
@@ -79,6 +81,11 @@ def _input_tensor(tensor: dict, binary: bytes, json_part: bytes, runtime, settin
     if shape[0] > settings.max_instances:
         raise InvalidInput(f"input '{name}' has {shape[0]} instances, over the limit of "
                            f"{settings.max_instances}")
+    # The shape is checked before numpy sees it: numpy cannot reshape to over 64 dimensions, nor to an
+    # empty shape whose other dimensions overflow its address space ([1, 0, 2**63]).
+    check_instance_shape(tuple(shape[1:]), spec.instance_shape, f"input '{name}'")
+    if count == 0:
+        raise InvalidInput(f"input '{name}' is empty: its shape {shape} holds no elements")
     size = _object(tensor.get("parameters", {}), f"input '{name}' parameters").get("binary_data_size")
     if size is not None:
         flat, used = _binary_tensor(binary, size, count, spec.dtype, name)
@@ -116,7 +123,7 @@ def _requested_outputs(outputs, parameters: dict, runtime) -> dict[str, bool]:
     requested = {}
     for output in outputs:
         name = output.get("name")
-        if name not in runtime.outputs:
+        if not isinstance(name, str) or name not in runtime.outputs:  # a list or object is unhashable
             raise InvalidInput(f"unknown output {name!r}; the model's outputs are {sorted(runtime.outputs)}")
         binary = _object(output.get("parameters", {}), f"output '{name}' parameters").get(
             "binary_data", default_binary)
