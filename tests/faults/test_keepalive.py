@@ -5,7 +5,13 @@ gunicorn's. The settings refuse any other order (tests/test_settings.py, tests/t
 rendered configuration); here real connections go idle for every gap around every timeout.
 
 The timeouts are scaled down (seconds instead of a minute) so that each gap is tried in CI's time.
+The balancer hop has a negative control: a balancer keeping connections longer than nginx does fail.
+The nginx -> gunicorn hop has none: nginx drops a cached connection as soon as gunicorn's close
+reaches it, so with that order inverted on purpose these gaps still saw no error (the race is narrower
+than a gap can aim at); the settings' validator is what keeps that order.
 """
+import http.client
+import json
 import threading
 import time
 from collections import Counter
@@ -65,22 +71,79 @@ def test_nginx_reusing_idle_upstream_connections_at_every_gap_gets_no_502(stack,
     assert not errors, errors[:3]
 
 
-def test_clients_reusing_idle_connections_at_every_gap_get_no_error(stack, digits):
-    """Clients in parallel, each idle for its own gap around the load balancer's idle timeout and
-    nginx's client keep-alive, then reusing (or, past nginx's timeout, reopening) their connection."""
-    body, outcomes, lock = {"instances": digits[0][:1].tolist()}, Counter(), threading.Lock()
-    errors_before = len(nginx_upstream_errors(stack.log()))
-    clients = [threading.Thread(target=reuse_after, args=(stack.url + "/predict", body, gap, outcomes, lock))
-               for gap in gaps(LB_IDLE, CLIENT_KEEPALIVE) for _ in range(2)]
+class Balancer:
+    """One connection as a load balancer holds it: reused while it has been idle less than the balancer's
+    idle timeout, else closed and opened afresh. Like a balancer, it never checks whether nginx closed
+    the connection meanwhile: with the timeouts in order it needs not."""
+
+    def __init__(self, port: int, idle_timeout: float):
+        self.port, self.idle_timeout = port, idle_timeout
+        self.connection, self.last_used = None, 0.0
+
+    def post(self, path: str, body: bytes):
+        if self.connection is None or time.monotonic() - self.last_used >= self.idle_timeout:
+            if self.connection is not None:
+                self.connection.close()
+            self.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            self.connection.request("POST", path, body, {"Content-Type": "application/json"})
+            answer = self.connection.getresponse()
+            answer.read()
+            outcome = answer.status
+        except (http.client.HTTPException, OSError) as exc:
+            outcome = type(exc).__name__
+            self.connection.close()
+            self.connection = None
+        self.last_used = time.monotonic()
+        return outcome
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+
+
+def balancers_reusing_after(stack, body: bytes, idle_timeout: float, gaps_: list[float]) -> Counter:
+    """A balancer connection per gap, in parallel: a request, `gap` seconds idle, another, twice."""
+    outcomes, lock = Counter(), threading.Lock()
+
+    def run(gap):
+        balancer = Balancer(stack.port, idle_timeout)
+        for attempt in range(3):
+            if attempt:
+                time.sleep(gap)
+            outcome = balancer.post("/predict", body)
+            with lock:
+                outcomes[outcome] += 1
+        balancer.close()
+
+    clients = [threading.Thread(target=run, args=(gap,)) for gap in gaps_ for _ in range(2)]
     for client in clients:
         client.start()
     for client in clients:
         client.join()
+    return outcomes
+
+
+def test_a_load_balancer_reusing_idle_connections_at_every_gap_gets_no_error(stack, digits):
+    """Idle gaps around the balancer's idle timeout (1 s) and nginx's client keep-alive (2 s): the
+    balancer closes first, so it never sends on a connection nginx is closing."""
+    body = json.dumps({"instances": digits[0][:1].tolist()}).encode()
+    errors_before = len(nginx_upstream_errors(stack.log()))
+    outcomes = balancers_reusing_after(stack, body, LB_IDLE, gaps(LB_IDLE, CLIENT_KEEPALIVE))
     errors = nginx_upstream_errors(stack.log())[errors_before:]
-    _report("client -> nginx idle gaps around 1 s and 2 s", outcomes, errors)
-    assert outcomes[502] == 0
+    _report("load balancer -> nginx idle gaps around 1 s and 2 s", outcomes, errors)
     assert set(outcomes) == {200}, outcomes
     assert not errors, errors[:3]
+
+
+def test_a_load_balancer_idle_timeout_longer_than_nginxs_keepalive_would_fail(stack, digits):
+    """The same balancer with its idle timeout (3 s) past nginx's keep-alive (2 s), the order the
+    settings refuse: sent on connections nginx has just closed, its requests fail. This is what the
+    test above would see if the order were broken."""
+    body = json.dumps({"instances": digits[0][:1].tolist()}).encode()
+    outcomes = balancers_reusing_after(stack, body, CLIENT_KEEPALIVE + 1, [CLIENT_KEEPALIVE + 0.15, CLIENT_KEEPALIVE + 0.5])
+    _report("load balancer idle 3 s, nginx keep-alive 2 s (wrong order, on purpose)", outcomes, [])
+    assert sum(outcomes.values()) - outcomes[200] > 0, outcomes
 
 
 def _report(name: str, outcomes: Counter, errors: list[str]) -> None:
