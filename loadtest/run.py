@@ -47,7 +47,9 @@ def parse(argv=None) -> tuple[argparse.Namespace, list[str]]:
 def main(argv=None) -> int:
     args, locust_flags = parse(argv)
     args.report_dir.mkdir(parents=True, exist_ok=True)
-    command = locust("--host", args.host, "--csv", str(args.report_dir / "loadtest"),
+    # --csv-full-history: without it the history's percentiles are the run's so far, not the last 10 s,
+    # and a step run's curve (loadtest/knee.py) flattens.
+    command = locust("--host", args.host, "--csv", str(args.report_dir / "loadtest"), "--csv-full-history",
                      "--html", str(args.report_dir / "report.html"), *locust_flags)
     if args.workers < 1:
         return subprocess.call(command)
