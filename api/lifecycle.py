@@ -11,6 +11,7 @@ A stop first turns readiness off for the whole server (`<run_dir>/draining`), se
 """
 import itertools
 import os
+import queue
 import random
 import signal
 import time
@@ -74,7 +75,6 @@ def drain_then_stop(server, run_dir: Path, seconds: float) -> None:
 def _serve_for(server, seconds: float) -> None:
     """Keep the master's duties (reap, replace, time out workers) for `seconds`; another stop signal
     (a second TERM, INT or QUIT) ends the wait and is handled by gunicorn as usual."""
-    import queue
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:

@@ -27,6 +27,7 @@ from api.errors import ApiError
 from api.images import decode_b64, image_to_instance
 from api.settings import Settings
 from api.store import ImageSpec, ServingConfig
+from tests.test_parsing_properties import reference_depth
 
 # A test run is the same every time; FUZZ_EXAMPLES=5000 hunts longer, with fresh random examples.
 HUNT = int(os.environ.get("FUZZ_EXAMPLES", 0))
@@ -281,14 +282,6 @@ STRUCTURE = st.text(st.sampled_from('[]{}"\\:,0 a'), max_size=400)
 STRINGS = st.text(st.sampled_from('[]{}"\\/ u0a'), max_size=6)
 TRICKY = st.recursive(STRINGS, lambda inner: st.lists(inner, max_size=3)
                       | st.dictionaries(STRINGS, inner, max_size=3), max_leaves=25)
-
-
-def reference_depth(value) -> int:
-    if isinstance(value, list):
-        return 1 + max(map(reference_depth, value), default=0)
-    if isinstance(value, dict):
-        return 1 + max(map(reference_depth, value.values()), default=0)
-    return 0
 
 
 @FUZZ
