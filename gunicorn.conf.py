@@ -26,8 +26,10 @@ control_socket = str((settings.run_dir / "gunicorn.ctl").resolve())  # per insta
 
 # -- Worker processes -----------------------------------------------------------------------------
 workers = settings.workers  # one model copy each; more than the cores (or one per GPU) only adds contention
-worker_class = "gthread"  # request threads share the worker's one model
-threads = settings.threads
+# gevent (default): an event loop parses requests while the batch runs on a native thread (api/batching.py)
+worker_class = settings.worker_class
+worker_connections = settings.worker_connections
+threads = settings.threads  # gthread only
 timeout = settings.timeout  # also bounds model load + warm-up: the loading worker heartbeats meanwhile
 graceful_timeout = settings.graceful_timeout
 keepalive = settings.keepalive  # longer than nginx's upstream keepalive_timeout: nginx closes first
@@ -81,9 +83,12 @@ def when_ready(server):
 
 
 def pre_fork(server, worker):
-    """Decide, in the master, whether the new worker may take traffic before its model is warm."""
+    """Decide, in the master, whether the new worker may take traffic before its model is warm, and its
+    slot (its GPU and its own socket): a successor takes its predecessor's, else the lowest free one."""
     worker.accept_before_ready = lifecycle.accepts_before_ready(server, settings.run_dir)
-    worker.slot = devices.free_slot({getattr(w, "slot", -1) for w in server.WORKERS.values()})
+    successor_of = server.WORKERS.get(getattr(server, "replacing", None))
+    worker.slot = successor_of.slot if successor_of is not None else devices.free_slot(
+        {getattr(w, "slot", -1) for w in server.WORKERS.values()})
 
 
 def post_fork(server, worker):
@@ -107,7 +112,22 @@ def post_worker_init(worker):
         while loader.is_alive():  # keep gunicorn's heartbeat going while the model loads
             worker.notify()
             loader.join(1.0)
+    if settings.worker_socket_paths:
+        worker.sockets.append(_own_socket(worker))
     _drain_on(signal.SIGTERM, registry)
+
+
+def _own_socket(worker):
+    """This worker's slot socket, bound once the worker may take traffic. Binding replaces the path of a
+    predecessor's socket (still open until it stops), so nginx's next connection reaches the successor."""
+    from gunicorn.sock import UnixSocket
+
+    listener = UnixSocket(str(settings.worker_socket_path(worker.slot)), worker.cfg, worker.log)
+    if settings.worker_class != "gevent":
+        return listener
+    from gevent import socket as gevent_socket  # the gevent worker patched its sockets before this hook
+
+    return gevent_socket.socket(listener.FAMILY, gevent_socket.SOCK_STREAM, fileno=listener.sock.detach())
 
 
 def _drain_on(signum, registry):
@@ -127,5 +147,13 @@ def child_exit(server, worker):
 
     lifecycle.forget(settings.run_dir, worker.pid)
     metrics.worker_exited(worker.pid)
+    if not any(getattr(w, "slot", None) == worker.slot for w in server.WORKERS.values()):
+        # nobody took the slot over: connecting now fails at once and nginx tries the next worker
+        settings.worker_socket_path(worker.slot).unlink(missing_ok=True)
+
+
+def on_exit(server):
+    for path in settings.worker_socket_paths:
+        path.unlink(missing_ok=True)
 
 

@@ -1,7 +1,7 @@
 """Dynamic batching inside one worker: concurrent requests share one compiled call.
 
-Request threads (gthread) queue their instances in `Batcher.run`. One thread at a time (see
-Batcher) takes up to `max_batch_size` queued instances, or what arrived within `batch_timeout`,
+Requests (greenlets in a gevent worker, threads in a gthread one) queue their instances in
+`Batcher.run`. One of them at a time (see Batcher) takes up to `max_batch_size` queued instances, or what arrived within `batch_timeout`,
 runs the model once and hands every request its slice. On a CPU a batch of 32 digits
 costs about what one costs (anchors: 1,732 vs 29,887 images/s), so under concurrency this is
 where throughput comes from; with no concurrency a request waits at most `batch_timeout`.
@@ -11,6 +11,12 @@ The policy is TensorFlow Serving's: `max_batch_size`, `batch_timeout_micros`,
 (a batch is padded up to one of them). Requests larger than a batch are split, requests whose
 deadline passed or whose client hung up are dropped before they cost an inference, and a batch
 that fails is rerun request by request so one bad request never fails its batch-mates.
+
+In a gevent worker a long compiled call runs on a native thread of its own (`event_loop_hooks`):
+TensorFlow releases the GIL while its kernels run, so the event loop goes on reading and parsing the
+next requests meanwhile, and they form the next batch (the shape of Ray Serve's async replica with
+`@serve.batch` and `asyncio.to_thread`). A call of a millisecond runs on the loop itself: handing it to
+another thread and back costs more than the call.
 
 Pure Python and numpy: the model call is injected, so this is tested without TensorFlow.
 """
@@ -103,8 +109,11 @@ class Batcher:
     """
 
     def __init__(self, infer: Callable[[np.ndarray], Outputs], policy: BatchPolicy, name: str = "model",
-                 stats: "BatchStats | None" = None):
+                 stats: "BatchStats | None" = None, runner: "Callable | None" = None,
+                 gather: "Callable[[], None] | None" = None):
         self._infer = infer
+        self._runner = runner  # runs the compiled call elsewhere (event_loop_hooks); None: on the leader
+        self._gather = gather  # lets requests already read join the batch about to form
         self.policy = policy
         self.name = name
         self._queue: deque[_Task] = deque()
@@ -165,6 +174,8 @@ class Batcher:
         """Run batches until this thread's own slices are done, then hand over to the next in line."""
         try:
             while own.remaining:
+                if self._gather is not None:
+                    self._gather()
                 tasks = self._next_batch()
                 live = [task for task in tasks if self._still_wanted(task)]
                 if live:
@@ -224,7 +235,7 @@ class Batcher:
             rows = np.concatenate([rows, np.zeros((padded - size, *rows.shape[1:]), rows.dtype)])
         started = time.perf_counter()
         try:
-            outputs = self._infer(rows)
+            outputs = self._runner(self._infer, rows) if self._runner else self._infer(rows)
         except Exception as exc:  # noqa: BLE001 - one request's bad values must not fail the others
             if len(tasks) == 1:
                 tasks[0].finish(error=_as_api_error(exc))
@@ -283,6 +294,44 @@ def _as_api_error(exc: Exception) -> ApiError:
     return InferenceFailed("inference failed; the error is logged on the server", status=500)
 
 
+def event_loop_hooks(inline: bool) -> tuple[Callable | None, Callable | None]:
+    """The batcher's `(runner, gather)` in a gevent worker; `(None, None)` elsewhere (gthread, tests).
+
+    `gather()` yields to the loop before a batch is formed, so that every request already read in this
+    turn of the loop is parsed and queued first and joins the batch (the loop serves a greenlet at a
+    time: without it the first request would run alone). `runner(fn, *args)` runs the compiled call on
+    a native thread of its own, one call at a time (TensorFlow Serving's `num_batch_threads: 1`), while
+    the loop goes on; with `inline` the loop runs it itself: for a call of a millisecond or less, the
+    GIL hand-offs to and from another thread cost more than the call (each can wait out Python's 5 ms
+    switch interval while the loop holds the GIL), and a stalled loop of that length costs nothing.
+    """
+    try:
+        from gevent import monkey
+    except ImportError:
+        return None, None
+    if not monkey.is_module_patched("threading"):
+        return None, None
+    import gevent
+    from gevent.threadpool import ThreadPool
+
+    def gather() -> None:
+        gevent.sleep(0)
+
+    if inline:
+        return None, gather
+    pool = ThreadPool(1)
+
+    def run(fn, *args):
+        return pool.apply(fn, args)
+
+    return run, gather
+
+
+def native_runner() -> Callable | None:
+    """In a gevent worker, `run(fn, *args)` on a native thread of its own; elsewhere None."""
+    return event_loop_hooks(inline=False)[0]
+
+
 def socket_closed(sock: socket.socket | None) -> Callable[[], bool] | None:
     """A check that the peer of `sock` hung up (nginx closes its upstream when its client aborts).
 
@@ -290,10 +339,11 @@ def socket_closed(sock: socket.socket | None) -> Callable[[], bool] | None:
     """
     if sock is None:
         return None
+    poll = _unpatched_select()
 
     def gone() -> bool:
         try:
-            readable, _, _ = select.select([sock], [], [], 0)
+            readable, _, _ = poll([sock], [], [], 0)
             return bool(readable) and sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
         except BlockingIOError:
             return False
@@ -301,3 +351,12 @@ def socket_closed(sock: socket.socket | None) -> Callable[[], bool] | None:
             return True
 
     return gone
+
+
+def _unpatched_select():
+    """The system's select: gevent's would yield to the loop even with a zero timeout."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        return select.select
+    return monkey.get_original("select", "select")

@@ -106,8 +106,13 @@ def rolling_restart(server, run_dir: Path, timeout: float) -> None:
 
 
 def _replace(server, run_dir: Path, pid: int, timeout: float) -> bool:
-    """Start a successor to worker `pid` and stop `pid` only once the successor is warm."""
-    new = server.spawn_worker()
+    """Start a successor to worker `pid` (in its slot: its GPU, its socket) and stop `pid` only once the
+    successor is warm."""
+    server.replacing = pid  # read by gunicorn.conf.py's pre_fork
+    try:
+        new = server.spawn_worker()
+    finally:
+        server.replacing = None
     if not _wait_ready(server, run_dir, new, timeout):
         server.log.error("worker %s was not ready within %ss: worker %s keeps serving", new, timeout, pid)
         server.kill_worker(new, signal.SIGKILL)

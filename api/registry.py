@@ -6,9 +6,11 @@ the worker up and says why on `/ready`, instead of a crash loop that hides the r
 """
 import logging
 import os
+import platform
 import threading
 
 from . import metrics
+from .batching import Batcher, event_loop_hooks, native_runner
 from .errors import NotFound, Unavailable
 from .settings import Settings
 from .store import StoreError, list_versions, read_version, select_versions
@@ -25,13 +27,16 @@ class ModelRegistry:
         self.error = ""
         self.loads = 0
         self._runtimes: dict = {}
-        self._ready = threading.Event()
 
     # -- life cycle -------------------------------------------------------------------------------
-    def load(self) -> None:
-        """Load and warm every selected version; never raises, the outcome is in `state`."""
+    def load(self, run=None) -> None:
+        """Load and warm every selected version; never raises, the outcome is in `state`.
+
+        `run(fn, *args)` runs the TensorFlow work (import, load, trace, warm-up) elsewhere: a native
+        thread in a gevent worker, so the loop answers 503 "still loading" meanwhile. None: right here.
+        """
         try:
-            self._runtimes = self._load_versions()
+            self._runtimes = self._load_versions(run or _here)
         except Exception as exc:  # any failure must surface on /ready, not kill the worker silently
             self.state, self.error = "failed", str(exc)
             log.error("model %s failed to load: %s", self.name, exc)
@@ -40,12 +45,16 @@ class ModelRegistry:
             self.state = "ready"
             mark_ready(self.settings.run_dir)
             metrics.set_ready(True)
-        self._ready.set()
 
-    def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.load, name="model-load", daemon=True)
-        thread.start()
-        return thread
+    def start(self):
+        """Load in the background; returns what to `join(seconds)` and ask `is_alive()`."""
+        run = native_runner()
+        if run is None:
+            thread = threading.Thread(target=self.load, name="model-load", daemon=True)
+            thread.start()
+            return thread
+        import gevent  # a gevent worker: a greenlet waits on the native thread, the loop serves on
+        return _Loading(gevent.spawn(self.load, run))
 
     def drain(self) -> None:
         """Stop taking new work; queued requests still run (the batchers keep going until exit)."""
@@ -77,25 +86,28 @@ class ModelRegistry:
         return sorted(self._runtimes)
 
     # -- internals --------------------------------------------------------------------------------
-    def _load_versions(self) -> dict:
-        from .batching import Batcher
-        from .runtime import ModelRuntime, configure_tensorflow  # TensorFlow: in the worker only
-
+    def _load_versions(self, run) -> dict:
         available = list_versions(self.settings.model_store, self.name)
         if not available:
             raise StoreError(f"no versions of '{self.name}' under {self.settings.model_store}")
-        device = configure_tensorflow(self.settings)
+        selected = select_versions(available, self.settings.model_versions)
+        # TensorFlow's import asks `platform` (cached), which spawns a process: do it here, where a
+        # gevent worker can; its patched subprocess does not work on a native thread.
+        platform.processor()
+        # One call for all of TensorFlow: Keras keeps its state (dtype policy) per thread.
+        loaded = run(_load_runtimes, self.settings, self.name, selected, self._warmup_sizes())
         runtimes = {}
-        for number in select_versions(available, self.settings.model_versions):
-            runtime = ModelRuntime(read_version(self.settings.model_store, self.name, number), device,
-                                   xla=self.settings.xla, mixed_precision=self.settings.mixed_precision)
-            runtime.warm_up(self._warmup_sizes())
+        for runtime in loaded:
+            number, device = runtime.version.version, runtime.device
+            runner, gather = event_loop_hooks(inline=runtime.call_seconds * 1e6 <= self.settings.inline_call_micros)
             runtime.batcher = Batcher(runtime.infer, self.settings.batch_policy, f"{self.name}-{number}",
-                                      metrics.BatchMetrics(self.name, number))
+                                      metrics.BatchMetrics(self.name, number), runner, gather)
             metrics.model_loaded(self.name, number, device, runtime.load_seconds, runtime.warmup_seconds)
             self.loads += 1
-            log.info("model loaded name=%s version=%d pid=%d device=%s load_s=%.2f warmup_s=%.2f",
-                     self.name, number, os.getpid(), device, runtime.load_seconds, runtime.warmup_seconds)
+            log.info("model loaded name=%s version=%d pid=%d device=%s load_s=%.2f warmup_s=%.2f call_ms=%.2f "
+                     "inference=%s", self.name, number, os.getpid(), device, runtime.load_seconds,
+                     runtime.warmup_seconds, runtime.call_seconds * 1e3,
+                     "gthread" if gather is None else "inline" if runner is None else "native thread")
             runtimes[number] = runtime
         return runtimes
 
@@ -106,3 +118,33 @@ class ModelRegistry:
         if policy.allowed_batch_sizes:
             return policy.allowed_batch_sizes
         return tuple(sorted({*self.settings.warmup_batches, policy.max_batch_size}))
+
+
+def _load_runtimes(settings: Settings, name: str, numbers: list[int], warmup: tuple[int, ...]) -> list:
+    from .runtime import ModelRuntime, configure_tensorflow  # TensorFlow: in the worker only
+
+    device = configure_tensorflow(settings)
+    runtimes = []
+    for number in numbers:
+        runtime = ModelRuntime(read_version(settings.model_store, name, number), device,
+                               xla=settings.xla, mixed_precision=settings.mixed_precision)
+        runtime.warm_up(warmup)
+        runtimes.append(runtime)
+    return runtimes
+
+
+def _here(fn, *args):
+    return fn(*args)
+
+
+class _Loading:
+    """A loading greenlet, seen as a thread: `is_alive()`, `join(seconds)`."""
+
+    def __init__(self, greenlet):
+        self._greenlet = greenlet
+
+    def is_alive(self) -> bool:
+        return not self._greenlet.dead
+
+    def join(self, timeout: float | None = None) -> None:
+        self._greenlet.join(timeout)

@@ -82,8 +82,17 @@ class Settings(BaseSettings):
     # -- gunicorn --------------------------------------------------------------------------------
     workers: int = Field(default_factory=lambda: max(1, min(2, _cpu_count())), ge=1)
     """gunicorn worker processes, each holding one copy of the model."""
+    worker_class: Literal["gevent", "gthread"] = "gevent"
+    """gunicorn worker class. `gevent`: one event loop per worker parses requests while the model runs
+    on a native thread (measured fastest, docs/performance.md); `gthread`: a thread per request."""
+    worker_connections: int = Field(1000, ge=1)
+    """Connections one gevent worker serves at once; waiting requests queue in the batcher, which refuses
+    the excess with 503 (max_enqueued_batches)."""
     threads: int = Field(8, ge=1)
-    """Request threads per worker (gthread)."""
+    """Request threads per worker (gthread only)."""
+    worker_sockets: bool = True
+    """One unix socket per worker slot besides the shared one, which nginx balances with `least_conn`
+    (the shared socket as backup), so no worker idles while another queues. Only with the default bind."""
     timeout: int = Field(120, ge=3)
     """Seconds a silent worker lives before gunicorn kills it; covers model load and warm-up."""
     graceful_timeout: int = Field(30, ge=1)
@@ -111,6 +120,9 @@ class Settings(BaseSettings):
     """Microseconds the inference thread waits for more requests once one is queued. 0: take what is
     queued at once (batches form while the previous call runs); raise it to trade latency for fuller
     batches when requests trickle in."""
+    inline_call_micros: int = Field(5000, ge=0)
+    """gevent workers: a model whose call at the largest warm-up batch takes at most this long runs on the
+    event loop itself; a slower one runs on a native thread while the loop goes on parsing requests."""
     max_enqueued_batches: int = Field(16, ge=1)
     """Batches' worth of instances that may wait per worker; a request beyond it gets 503 at once."""
     allowed_batch_sizes: tuple[int, ...] = ()
@@ -172,6 +184,17 @@ class Settings(BaseSettings):
     @cached_property
     def socket_path(self) -> Path:
         return (self.run_dir / "gunicorn.sock").resolve()
+
+    def worker_socket_path(self, slot: int) -> Path:
+        """Worker slot `slot`'s own socket; a successor takes its predecessor's slot (api/lifecycle.py)."""
+        return (self.run_dir / f"worker-{slot}.sock").resolve()
+
+    @cached_property
+    def worker_socket_paths(self) -> tuple[Path, ...]:
+        """The per-worker sockets nginx balances over; none with a bind of the operator's own."""
+        if self.bind or not self.worker_sockets:
+            return ()
+        return tuple(self.worker_socket_path(slot) for slot in range(self.workers))
 
     @cached_property
     def tf_intra_op_threads(self) -> int:

@@ -4,8 +4,9 @@ For each model (digits; ResNet50 with random weights, made locally):
   1. the in-process limit: the compiled function the workers serve, at its best batch size;
   2. the full stack (nginx + gunicorn + batcher, as `make serve`) under wrk at several connection
      counts: req/s, p50, p99, errors, and the ratio to the limit; then 4x the peak's connections;
-  3. the peers from ../shared/peers (hand-written tf.function worker, the HTTP ceiling) under the
-     same load, and our ratio to each;
+  3. the peers from ../shared/peers (hand-written tf.function worker, the HTTP ceiling, Ray Serve in its
+     high-throughput mode from a venv of its own, see bench/ray_peer.py) under the same load, and our
+     ratio to each;
   4. cold start to /ready and resident memory per worker.
 One server runs at a time: on two cores, two servers measured at once measure nothing.
 """
@@ -19,19 +20,22 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bench import wrk
+from bench import ray_peer, wrk
 from bench.models import digits_body, digits_store, resnet_jpeg_body, resnet_json_body, resnet_store
-from bench.servers import ROOT, OurStack, Peer
+from bench.servers import ROOT, OurStack, Peer, RayServe
 
 DEFAULT_PEERS = ROOT.parent / "shared" / "peers"
 PLANS = {
-    # connections, seconds per run; the stack's settings for the model (chosen by short runs, see docs)
+    # connections, seconds per run; the stack's settings for the model (chosen by short runs, see docs);
+    # Ray Serve's, as run_real_peers.sh sets them
     "digits": {"connections": [8, 32, 64], "seconds": 10, "ours": {},
-               "inprocess_batches": "1,32,64,128"},
+               "inprocess_batches": "1,32,64,128",
+               "ray": {"RAY_REPLICAS": "2", "TF_THREADS": "1", "MAX_BATCH": "64", "BATCH_WAIT_S": "0.002"}},
     "resnet50": {"connections": [4, 16], "seconds": 20, "warm": 20,
                  "ours": {"workers": 1, "intra_op_threads": 2, "max_batch_size": 16, "threads": 32,
                           "warmup_batches": "[1,16]", "timeout": 300},
-                 "inprocess_batches": "1,8,16,32"},
+                 "inprocess_batches": "1,8,16,32",
+                 "ray": {"RAY_REPLICAS": "2", "TF_THREADS": "1", "MAX_BATCH": "32", "BATCH_WAIT_S": "0.01"}},
 }
 
 
@@ -56,7 +60,8 @@ def load(server, body: Path, connections: list[int], seconds: float, warm: float
     return results
 
 
-def bench_model(model: str, store: Path, work: Path, peers: Path | None, quick: bool) -> dict:
+def bench_model(model: str, store: Path, work: Path, peers: Path | None, quick: bool,
+                ray_python: Path | None = None) -> dict:
     plan = PLANS[model]
     seconds = 3 if quick else plan["seconds"]
     warm = 2 if quick else plan.get("warm", 5)
@@ -96,6 +101,19 @@ def bench_model(model: str, store: Path, work: Path, peers: Path | None, quick: 
                 report["peers"][label] = {"results": [asdict(r) for r in results],
                                           "cold_start_s": peer.cold_start_s,
                                           "worker_rss_mib": peer.worker_rss_mib()}
+        if ray_python:
+            log(f"[{model}] peer ray_serve (HAProxy high-throughput mode, {plan['ray']})")
+            try:
+                with RayServe(ray_python, peers, model_file, work, plan["ray"]) as ray:
+                    ray.wait(ray.ready_with(bodies["json"].read_bytes()), timeout=300)
+                    log(f"    cold start to the first 200: {ray.cold_start_s:.1f} s")
+                    results = load(ray, bodies["json"], plan["connections"], seconds, warm)
+                    report["peers"]["ray_serve"] = {"results": [asdict(r) for r in results],
+                                                    "cold_start_s": ray.cold_start_s,
+                                                    "worker_rss_mib": ray.worker_rss_mib(),
+                                                    "settings": {**RayServe.FAST, **plan["ray"]}}
+            except (RuntimeError, TimeoutError) as error:  # a peer that cannot start costs its row only
+                log(f"[{model}] ray_serve skipped: {str(error).splitlines()[0]} (its log is in {work})")
     return report
 
 
@@ -105,8 +123,12 @@ def table(report: dict) -> str:
              f"in-process limit: {limit:,.0f} images/s (batch {report['inprocess']['best_batch']}); "
              f"batch 1: {report['inprocess']['images_per_s'].get('1', 0):,.0f} images/s",
              f"cold start to /ready: {report['cold_start_s']:.1f} s; resident memory per worker: "
-             + ", ".join(f"{m:.0f} MiB" for m in report["worker_rss_mib"]), ""]
+             + ", ".join(f"{m:.0f} MiB" for m in report["worker_rss_mib"])]
     peers = report["peers"]
+    if peers:
+        lines.append("peers' cold start to the first 200: "
+                     + ", ".join(f"{name} {peer['cold_start_s']:.1f} s" for name, peer in peers.items()))
+    lines.append("")
     header = "| server | body | conns | ok req/s | p50 ms | p99 ms | errors | refused | of limit |"
     header += "".join(f" ours / {name} |" for name in peers)
     lines += [header, "|" + " --- |" * (header.count("|") - 1)]
@@ -141,14 +163,18 @@ def main(argv=None) -> int:
     parser.add_argument("--store", type=Path, default=Path(tempfile.gettempdir()) / "bench-store")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     parser.add_argument("--quick", action="store_true", help="3 s runs: check the harness, not the figures")
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray Serve peer")
+    parser.add_argument("--ray-venv", type=Path, default=ray_peer.DEFAULT_VENV,
+                        help="Ray Serve's virtualenv, created with its pinned packages when missing")
     args = parser.parse_args(argv)
     if not wrk.available():
         sys.exit("wrk is missing: apt-get install wrk")
+    ray_python = None if args.no_ray else ray_peer.prepare(args.ray_venv, args.peers)
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     reports = []
     for model in args.models.split(","):
         store = digits_store(args.store) if model == "digits" else resnet_store(args.store)
-        reports.append(bench_model(model, store, work, args.peers, args.quick))
+        reports.append(bench_model(model, store, work, args.peers, args.quick, ray_python))
     machine = (f"{platform.node()}: {platform.processor() or platform.machine()}, "
                f"{len(__import__('os').sched_getaffinity(0))} cores, Python {platform.python_version()}")
     output = [f"# make bench, {time.strftime('%Y-%m-%d %H:%M')}, {machine}", ""]

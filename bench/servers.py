@@ -24,6 +24,51 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
+def processes() -> dict[int, tuple[int, int]]:
+    """Every running process: pid -> (parent pid, session id). Zombies (dead, not yet reaped) are not."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:  # the name in parentheses may hold spaces: the fields start after the last ')'
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z":
+                table[int(entry.name)] = (int(fields[1]), int(fields[3]))
+    return table
+
+
+def tree(root: int) -> set[int]:
+    """The pids of root's session and of every descendant of either, in sessions of their own included."""
+    table = processes()
+    keep = {root} | {pid for pid, (_, session) in table.items() if session == root}
+    while more := {pid for pid, (parent, _) in table.items() if parent in keep} - keep:
+        keep |= more
+    return keep & table.keys()
+
+
+def signal_each(pids, sig) -> set[int]:
+    """Sends `sig` to each pid; the pids that were still there."""
+    alive = set()
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+            alive.add(pid)
+        except ProcessLookupError:
+            pass
+    return alive
+
+
+def listening(port: int) -> bool:
+    """Whether a socket listens on TCP `port`, any address."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -57,6 +102,13 @@ class Server:
                 pass
             time.sleep(0.1)
         raise TimeoutError(f"{self.url}: not ready in {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def ready_with(self, body: bytes):
+        """A readiness check: a POST of `body` to the server's URL answers 200."""
+        def ready() -> bool:
+            return requests.post(self.url, data=body, headers={"Content-Type": "application/json"},
+                                 timeout=30).status_code == 200
+        return ready
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -114,11 +166,56 @@ class Peer(Server):
                          {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(peers), **(env or {})}, peers,
                          f"http://127.0.0.1:{port}/predict", logs / f"peer-{app.split(':')[0]}-{port}.log")
 
-    def ready_with(self, body: bytes):
-        def ready() -> bool:
-            return requests.post(self.url, data=body, headers={"Content-Type": "application/json"},
-                                 timeout=30).status_code == 200
-        return ready
-
     def worker_rss_mib(self) -> list[float]:
         return [rss_mib(w) for w in children(self.process.pid)]
+
+
+class RayServe(Server):
+    """../shared/peers/ray_serve_app.py in Ray Serve, from Ray's own venv, as run_real_peers.sh runs it:
+    HAProxy ingress straight to the replicas (Ray's high-throughput mode); `settings`: the model's plan."""
+
+    FAST = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+
+    def __init__(self, python: Path, peers: Path, model_file: Path, logs: Path, settings: dict[str, str]):
+        self.port = free_port()
+        super().__init__([str(python), "ray_serve_app.py"],
+                         {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(peers), **self.FAST, **settings,
+                          "MODEL": str(model_file), "PORT": str(self.port)}, peers,
+                         f"http://127.0.0.1:{self.port}/predict", logs / f"peer-ray_serve-{self.port}.log")
+
+    def stop(self) -> None:
+        """Stops every process Ray started, and returns once they are gone and the port is free.
+
+        Ray's raylet, GCS, workers and haproxy run in sessions of their own and outlive their parent, so
+        as run_real_peers.sh's stop_server: SIGTERM to the driver (it shuts Ray down), then to its group,
+        then to whatever is left of its session and descendants, by pid; SIGKILL what survives that."""
+        pid = self.process.pid
+        started = tree(pid)  # before the driver exits: its orphans lose the parent that links them
+        signal_each([pid], signal.SIGTERM)
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        time.sleep(1)
+        left = signal_each(started | tree(pid), signal.SIGTERM)
+        if left:
+            time.sleep(2)
+            signal_each(left & processes().keys(), signal.SIGKILL)
+        self.process.wait()
+        deadline = time.monotonic() + 30  # SIGKILL is not instant: a replica frees its GiB first
+        while (left & processes().keys() or listening(self.port)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        self._log.close()
+
+    def worker_rss_mib(self) -> list[float]:
+        """Resident memory of each replica (MiB)."""
+        def replica(pid: int) -> bool:  # Ray names its workers' processes: ray::ServeReplica:app:Class
+            try:
+                return b"ServeReplica" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                return False
+        return [rss_mib(p) for p in sorted(tree(self.process.pid)) if replica(p)]
