@@ -114,6 +114,7 @@ class Batcher:
         self._infer = infer
         self._runner = runner  # runs the compiled call elsewhere (event_loop_hooks); None: on the leader
         self._gather = gather  # lets requests already read join the batch about to form
+        self.mode = "native thread" if runner else "event loop" if gather else "request thread"
         self.policy = policy
         self.name = name
         self._queue: deque[_Task] = deque()

@@ -55,7 +55,7 @@ class DataPlane:
                 call: Call | None = None) -> dict:
         runtime = self.registry.get(name, version)
         require_json(content_type)
-        document = load_json(body, self.settings.max_json_depth)
+        document = load_json(body, self.settings.max_json_depth, tensors=True)
         request = tfserving.parse_predict(document, body, runtime, self.settings)
         outputs = self._run(runtime, request.batch, call)
         return tfserving.predict_response(outputs, request, runtime.version.labels)
@@ -91,7 +91,9 @@ class DataPlane:
         metadata = tfserving.model_metadata(runtime)
         metadata["runtime"].update(worker_pid=os.getpid(), model_loads=self.registry.loads,
                                    batching={**runtime.batcher.policy_dict(), **runtime.batcher.stats.as_dict(),
-                                             "queued_instances": runtime.batcher.queued})
+                                             "queued_instances": runtime.batcher.queued,
+                                             "inference_on": runtime.batcher.mode,
+                                             "call_ms": round(runtime.call_seconds * 1e3, 3)})
         return metadata
 
     def v2_metadata(self, name: str, version: int | None) -> dict:

@@ -51,15 +51,19 @@ def parse_top_k(value, limit: int) -> int | None:
 
 
 def instances_to_batch(values, body: bytes, runtime, settings, what: str) -> np.ndarray:
-    """A JSON list of instances (numbers, or b64 images) to one batch array the model accepts."""
-    if not isinstance(values, list):
+    """A JSON list of instances (numbers, or b64 images) to one batch array the model accepts.
+
+    `values` may also be the ndarray codecs.load_json(tensors=True) made of a list of numbers: the
+    same checks apply, in the same order, with the same messages.
+    """
+    if not isinstance(values, (list, np.ndarray)):
         raise InvalidInput(f"'{what}' must be a list with one entry per instance")
-    if not values:
+    if not len(values):
         raise InvalidInput(f"'{what}' is empty: send at least one instance")
     if len(values) > settings.max_instances:
         raise InvalidInput(f"'{what}' has {len(values)} instances, over the limit of {settings.max_instances}")
     spec = runtime.input
-    if any(isinstance(v, dict) for v in values):
+    if isinstance(values, list) and any(isinstance(v, dict) for v in values):
         rows = [_instance(v, i, runtime, settings, what) for i, v in enumerate(values)]
         if len({row.shape for row in rows}) > 1:  # a None dimension takes any size, but one per batch
             raise InvalidInput(f"'{what}' is ragged: every instance must have the same shape")

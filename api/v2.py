@@ -43,7 +43,7 @@ def parse_header_length(value: str | None, body_length: int) -> int | None:
 
 def parse_infer(body: bytes, header_length: int | None, runtime, settings) -> InferRequest:
     json_part, binary = (body[:header_length], body[header_length:]) if header_length else (body, b"")
-    document = load_json(json_part, settings.max_json_depth)
+    document = load_json(json_part, settings.max_json_depth, tensors=True)
     unknown = set(document) - {"id", "parameters", "inputs", "outputs"}
     if unknown:
         raise InvalidInput(f"unknown key(s) {sorted(unknown)} in the inference request")

@@ -54,6 +54,27 @@ def test_a_boolean_token_inside_a_string_does_not_trigger_a_false_refusal():
     assert to_array([[1.0, 2.0]], np.dtype("float32"), "x", body).shape == (1, 2)
 
 
+def test_load_json_with_tensors_gives_the_array_numpy_would_make_of_the_lists():
+    rows = np.random.default_rng(0).random((4, 32, 32, 3)).round(3).tolist()
+    body = json.dumps({"instances": rows, "top_k": 2}).encode()
+    document = load_json(body, max_depth=32, tensors=True)
+    assert isinstance(document["instances"], np.ndarray) and document["top_k"] == 2
+    expected = np.asarray(load_json(body, max_depth=32)["instances"])
+    assert document["instances"].dtype == expected.dtype and np.array_equal(document["instances"], expected)
+
+
+def test_load_json_with_tensors_keeps_the_depth_limit_and_its_message():
+    body = json.dumps({"instances": [[[[[[[[0.5] * 400]]]]]]]}).encode()
+    with pytest.raises(InvalidInput, match="JSON nesting depth 9 is over the limit of 8"):
+        load_json(body, max_depth=8, tensors=True)
+
+
+def test_to_array_takes_the_fast_paths_array_without_walking_it_for_booleans():
+    body = b'{"inputs": [{"data": [0.5, 1.5]}], "parameters": {"binary_data_output": true}}'
+    array = to_array(np.array([0.5, 1.5]), np.dtype("float32"), "x", body)
+    assert array.dtype == np.float32 and array.tolist() == [0.5, 1.5]
+
+
 def test_image_pixels_limit_reads_only_the_header(digits):
     import base64
     data = base64.b64decode(png_b64(digits[0][0], size=64))

@@ -142,7 +142,16 @@ def test_proxy_limits_follow_the_app_settings(tmp_path):
     assert directive(text, "client_max_body_size") == ["1234567"]
     assert directive(text, "proxy_read_timeout") == ["12.5s"]
     assert directive(text, "proxy_next_upstream_tries") == ["4"]
-    assert len(re.findall(r"^\s*server unix:", text, flags=re.M)) == 4  # one peer per attempt
+    # one peer per worker slot, balanced by in-flight requests, and the shared socket as the fallback
+    peers = re.findall(r"^\s*server unix:(\S+)(.*);", text, flags=re.M)
+    assert [path for path, _ in peers] == [*map(str, settings.worker_socket_paths), str(settings.socket_path)]
+    assert peers[-1][1].split() == ["backup", "max_fails=0"] and re.search(r"^\s*least_conn;", text, flags=re.M)
     assert "non_idempotent" in directive(text, "proxy_next_upstream")[0]
     assert directive(text, "proxy_http_version") == ["1.1"] and 'Connection ""' in text
     assert directive(text, "server_tokens") == ["off", "off"]
+
+
+def test_without_worker_sockets_the_shared_socket_is_listed_once_per_attempt(tmp_path):
+    settings, text = rendered(tmp_path, upstream_tries=4, worker_sockets=False)
+    assert re.findall(r"^\s*server unix:(\S+)", text, flags=re.M) == [str(settings.socket_path)] * 4
+    assert "least_conn" not in text
