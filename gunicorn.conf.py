@@ -29,7 +29,7 @@ control_socket = str((settings.run_dir / "gunicorn.ctl").resolve())  # per insta
 # -- Worker processes -----------------------------------------------------------------------------
 workers = settings.workers  # one model copy each; more than the cores (or one per GPU) only adds contention
 # gevent (default): an event loop parses requests while the batch runs on a native thread (api/batching.py)
-worker_class = settings.worker_class
+worker_class = "api.workers.GeventWorker" if settings.worker_class == "gevent" else settings.worker_class
 worker_connections = settings.worker_connections
 threads = settings.threads  # gthread only
 timeout = settings.timeout  # also bounds model load + warm-up: the loading worker heartbeats meanwhile
@@ -140,8 +140,11 @@ def _own_socket(worker):
     if settings.worker_class != "gevent":
         return listener
     from gevent import socket as gevent_socket  # the gevent worker patched its sockets before this hook
+    from api.workers import OWN_SOCKETS
 
-    return gevent_socket.socket(listener.FAMILY, gevent_socket.SOCK_STREAM, fileno=listener.sock.detach())
+    own = gevent_socket.socket(listener.FAMILY, gevent_socket.SOCK_STREAM, fileno=listener.sock.detach())
+    OWN_SOCKETS.add(own.fileno())
+    return own
 
 
 def _drain_on(signum, registry):

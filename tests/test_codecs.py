@@ -1,9 +1,11 @@
 """Pure request parsing: JSON depth, numbers to arrays, images to instances."""
 import json
+import random
 
 import numpy as np
 import pytest
 
+from api import codecs
 from api.codecs import cast, json_depth, load_json, require_json, to_array
 from api.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from api.images import image_to_instance
@@ -97,3 +99,15 @@ def test_rgb_image_with_bgr_order_and_per_channel_offset():
 def test_a_grey_model_cannot_take_an_rgb_spec():
     with pytest.raises(InvalidInput, match="cannot be fed from a RGB image"):
         image_to_instance(b"", ImageSpec(color_mode="RGB"), (8, 8, 1), max_pixels=100, what="x")
+
+
+def test_small_bodies_count_their_depth_as_big_ones_do(monkeypatch):
+    """Bodies under 4 kB peel bracket pairs instead of numpy's scan: the same depth for any text,
+    balanced or not, quotes and escapes included."""
+    rng = random.Random(0)
+    alphabet = b'[]{}"\\ 1,a:'
+    texts = [bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(20000)]
+    texts += [b"[" * d + b"]" * d for d in range(1, 80)] + [b'{"a": "[[[", "b": [[1]]}']
+    small = [codecs.json_depth(text) for text in texts]
+    monkeypatch.setattr(codecs, "_SMALL_BODY", -1)
+    assert small == [codecs.json_depth(text) for text in texts]

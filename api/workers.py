@@ -1,0 +1,32 @@
+"""gunicorn's gevent worker with one change, for the worker's own socket (gunicorn.conf.py's `_own_socket`).
+
+gunicorn accepts one connection per turn of a worker's loop when several workers share a socket, so
+that one worker does not take the whole accept queue. A socket of the worker's own has no one to share
+with, and at one per turn a busy loop took over a second to accept a burst of new connections from
+nginx (warm-up, 4x the connections), which then waited past SERVE_MAX_QUEUE_WAIT and were refused.
+Runs in the gunicorn master too (it loads the worker class): nothing here imports TensorFlow or Flask.
+"""
+from gevent.server import StreamServer
+from gunicorn.workers import ggevent
+
+OWN_SOCKETS: set[int] = set()
+"""File descriptors of sockets that only this worker accepts from."""
+
+
+class _Server(StreamServer):
+    """A StreamServer that keeps gevent's accept batch on a worker's own socket."""
+
+    @property
+    def max_accept(self) -> int:
+        return self.__dict__.get("_max_accept", StreamServer.max_accept)
+
+    @max_accept.setter
+    def max_accept(self, value: int) -> None:
+        own = self.socket is not None and self.socket.fileno() in OWN_SOCKETS
+        self.__dict__["_max_accept"] = StreamServer.max_accept if own else value
+
+
+class GeventWorker(ggevent.GeventWorker):
+    def run(self):
+        ggevent.StreamServer = _Server  # the name gunicorn's run() builds its servers with, in this worker
+        super().run()
