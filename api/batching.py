@@ -79,12 +79,14 @@ class _Waiter:
 class _Task:
     """One slice of one request (a request larger than a batch becomes several)."""
 
-    __slots__ = ("rows", "deadline", "client_gone", "waiter", "outputs", "error", "queued_at")
+    __slots__ = ("rows", "deadline", "start_by", "client_gone", "waiter", "outputs", "error", "queued_at")
 
-    def __init__(self, rows: np.ndarray, deadline: float, client_gone, waiter: _Waiter, queued_at: float):
+    def __init__(self, rows: np.ndarray, deadline: float, client_gone, waiter: _Waiter, queued_at: float,
+                 start_by: float | None = None):
         self.rows = rows
         self.queued_at = queued_at  # perf_counter: the queue wait is measured against the batch's start
         self.deadline = deadline
+        self.start_by = start_by
         self.client_gone = client_gone
         self.waiter = waiter
         self.outputs: Outputs | None = None
@@ -121,20 +123,35 @@ class Batcher:
         self._queued = 0  # instances in the queue
         self._cond = threading.Condition()
         self._leading = False
+        self._seconds_per_instance = 0.0  # recent batches' call time per instance (moving average)
         self.stats = stats or BatchStats()  # api/metrics.py passes one that also exports them
 
     # -- request threads --------------------------------------------------------------------------
-    def run(self, batch: np.ndarray, deadline: float, client_gone: Callable[[], bool] | None = None) -> Outputs:
-        """Infer `batch` within the shared batches; raises the ApiError the request ends in."""
+    def run(self, batch: np.ndarray, deadline: float, client_gone: Callable[[], bool] | None = None,
+            start_by: float | None = None) -> Outputs:
+        """Infer `batch` within the shared batches; raises the ApiError the request ends in.
+
+        `deadline` (monotonic s): past it, 504. `start_by` (monotonic s, the request's SERVE_MAX_QUEUE_WAIT):
+        a request that would start later, by the queue ahead of it at the recent call time per instance,
+        is refused at once with 503 + Retry-After, and one still queued when it passes is refused then.
+        An event-loop worker takes every connection at once, so this is where an overload queues.
+        """
         size = self.policy.max_batch_size
         waiter = _Waiter((len(batch) + size - 1) // size)
         now = time.perf_counter()
-        tasks = [_Task(batch[i:i + size], deadline, client_gone, waiter, now) for i in range(0, len(batch), size)]
+        # only the first slice may still be refused: once it runs, the request has started
+        tasks = [_Task(batch[i:i + size], deadline, client_gone, waiter, now, None if i else start_by)
+                 for i in range(0, len(batch), size)]
         with self._cond:
             if self._queued + len(batch) > self.policy.max_enqueued and self._queued:
                 self.stats.refuse()
                 raise Unavailable(f"server is overloaded: {self._queued} instances already queued "
                                   f"(limit {self.policy.max_enqueued}); retry shortly", retry_after=1)
+            expected = self._queued * self._seconds_per_instance
+            if start_by is not None and self._queued and time.monotonic() + expected > start_by:
+                self.stats.refuse()
+                raise Unavailable(f"server is overloaded: the request would wait about {expected:.2f} s for "
+                                  f"the {self._queued} instances queued ahead of it; retry shortly", retry_after=1)
             self._queue.extend(tasks)
             self._queued += len(batch)
             lead = not self._leading
@@ -218,6 +235,11 @@ class Batcher:
         if task.waiter.gone:
             self.stats.drop()
             return False
+        if task.start_by is not None and time.monotonic() > task.start_by:
+            self.stats.refuse()
+            task.finish(error=Unavailable("server is overloaded: the request waited its queue limit for the "
+                                          "model; retry shortly", retry_after=1))
+            return False
         if time.monotonic() > task.deadline:
             self.stats.drop()
             task.finish(error=DeadlineExceeded("the request's deadline passed while it was queued"))
@@ -244,8 +266,12 @@ class Batcher:
                 for task in tasks:  # find the culprit: each request alone
                     self._run_batch([task])
             return
-        self.stats.record(len(tasks), size, padded, time.perf_counter() - started,
-                          [started - task.queued_at for task in tasks], self._queued)
+        seconds = time.perf_counter() - started
+        per_instance = seconds / size
+        self._seconds_per_instance = per_instance if not self._seconds_per_instance else \
+            0.8 * self._seconds_per_instance + 0.2 * per_instance
+        self.stats.record(len(tasks), size, padded, seconds, [started - task.queued_at for task in tasks],
+                          self._queued)
         offset = 0
         for task in tasks:
             n = len(task.rows)

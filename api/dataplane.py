@@ -22,6 +22,7 @@ class Call:
     (monotonic clock) and how to tell that its client hung up; then what ran, for its access line."""
     deadline: float
     client_gone: Callable[[], bool] | None = None
+    start_by: float | None = None  # monotonic: by when the model must start on it (SERVE_MAX_QUEUE_WAIT)
     model: str | None = None
     version: int | None = None
     instances: int | None = None
@@ -49,7 +50,9 @@ class DataPlane:
         if waited > self.settings.max_queue_wait:
             raise Unavailable(f"server is overloaded: the request waited {waited:.2f} s for a worker "
                               f"(limit {self.settings.max_queue_wait:g} s); retry shortly", retry_after=1)
-        return Call(time.monotonic() + self.settings.request_timeout - waited, client_gone)
+        now = time.monotonic()
+        return Call(now + self.settings.request_timeout - waited, client_gone,
+                    now + self.settings.max_queue_wait - waited)
 
     def tfserving_predict(self, name: str, version: int | None, body: bytes, content_type: str | None,
                 call: Call | None = None) -> dict:
@@ -79,7 +82,7 @@ class DataPlane:
     def _run(self, runtime, batch, call: Call | None):
         call = call or Call(time.monotonic() + self.settings.request_timeout)
         call.model, call.version, call.instances = runtime.version.name, runtime.version.version, len(batch)
-        return runtime.batcher.run(batch, call.deadline, call.client_gone)
+        return runtime.batcher.run(batch, call.deadline, call.client_gone, call.start_by)
 
     # -- status and metadata ----------------------------------------------------------------------
     def model_status(self, name: str) -> dict:

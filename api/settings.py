@@ -47,8 +47,9 @@ class Settings(BaseSettings):
     request_timeout: float = Field(30.0, gt=0)
     """Seconds a request may take end to end; nginx's proxy timeouts follow it."""
     max_queue_wait: float = Field(1.0, gt=0)
-    """Seconds a request may wait (nginx to a free worker thread) before it is refused with 503 +
-    Retry-After instead of being served late."""
+    """Seconds a request may wait, from nginx's arrival stamp until the model starts on it; one that
+    would wait longer (by the queue ahead of it) is refused at once with 503 + Retry-After instead of
+    being served late."""
     client_rate: int = Field(1000, ge=1)
     """Requests per second one client address may send (nginx limit_req); beyond the burst, 429."""
     client_burst: int = Field(2000, ge=0)

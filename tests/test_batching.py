@@ -146,6 +146,31 @@ def test_a_full_queue_refuses_at_once_with_retry_after():
     assert batcher.stats.refused == 1
 
 
+def test_a_request_that_would_wait_past_its_queue_limit_is_refused_at_once():
+    """Calls take ~50 ms per instance: behind 8 queued instances a request would wait ~0.4 s, past its
+    0.2 s limit, so it gets 503 at once; those that got in (1 s limits) but waited past them are refused
+    uninferred."""
+    model = FakeModel(seconds=0.05)
+    batcher = Batcher(model, BatchPolicy(max_batch_size=1))
+    batcher.run(rows(1), later())  # the call time per instance, learnt from a batch
+    blocker = hold(model, batcher)
+    with ThreadPoolExecutor(8) as pool:
+        queued = [pool.submit(batcher.run, rows(1, i), later(), None, time.monotonic() + 1.0) for i in range(8)]
+        while batcher.queued < 8:
+            time.sleep(0.001)
+        started = time.monotonic()
+        with pytest.raises(Unavailable) as refused:
+            batcher.run(rows(1), later(), None, time.monotonic() + 0.2)
+        assert time.monotonic() - started < 0.05 and "would wait" in refused.value.message
+        time.sleep(1.05)
+        model.gate.set()
+        outcomes = [f.exception() for f in queued]
+    blocker.join()
+    assert all(isinstance(e, Unavailable) and e.status == 503 for e in outcomes)
+    assert 1000 not in model.calls[2:] and len(model.calls) == 2  # the learning call and the blocker only
+    assert batcher.stats.refused == 9
+
+
 def test_a_request_past_its_deadline_gets_504_and_is_never_inferred():
     model = FakeModel()
     batcher = Batcher(model, BatchPolicy(max_batch_size=4))
