@@ -145,6 +145,7 @@ def test_proxy_limits_follow_the_app_settings(tmp_path):
     # one peer per worker slot, balanced by in-flight requests, and the shared socket as the fallback
     peers = re.findall(r"^\s*server unix:(\S+)(.*);", text, flags=re.M)
     assert [path for path, _ in peers] == [*map(str, settings.worker_socket_paths), str(settings.socket_path)]
+    assert all(extra.split() == ["max_fails=0"] for _, extra in peers[:-1])
     assert peers[-1][1].split() == ["backup", "max_fails=0"] and re.search(r"^\s*least_conn;", text, flags=re.M)
     assert "non_idempotent" in directive(text, "proxy_next_upstream")[0]
     assert directive(text, "proxy_http_version") == ["1.1"] and 'Connection ""' in text
