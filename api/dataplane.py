@@ -34,12 +34,15 @@ class DataPlane:
         self.settings = settings
 
     # -- inference --------------------------------------------------------------------------------
-    def admit(self, queued_since: str | None, client_gone=None) -> Call:
-        """Refuse, fast, a request that already waited too long for a worker thread (load shedding);
-        otherwise its deadline: `request_timeout` after nginx received it.
+    def admit(self, queued_since: str | None, client_gone=None, name: str | None = None,
+              version: int | None = None) -> Call:
+        """Refuse, before the body is read, a request that already waited too long, or that the model
+        version it names has no room for within that time (load shedding; see Batcher.wait_for_room);
+        otherwise its deadline: `request_timeout` after nginx received it, and `max_queue_wait` to start by.
 
         nginx stamps `X-Request-Start: t=<epoch seconds>`; a request served late is worth less than a
-        503 its client can retry elsewhere, and answering it would only make the queue longer.
+        503 its client can retry elsewhere, and answering it would only make the queue longer. Deciding
+        before the body is parsed keeps an overload from spending the worker on bodies it will refuse.
         """
         waited = 0.0
         if queued_since:
@@ -47,12 +50,17 @@ class DataPlane:
                 waited = max(0.0, time.time() - float(queued_since.removeprefix("t=")))
             except ValueError:
                 waited = 0.0
-        if waited > self.settings.max_queue_wait:
+        limit = self.settings.max_queue_wait
+        if waited > limit:
             raise Unavailable(f"server is overloaded: the request waited {waited:.2f} s for a worker "
-                              f"(limit {self.settings.max_queue_wait:g} s); retry shortly", retry_after=1)
+                              f"(limit {limit:g} s); retry shortly", retry_after=1)
         now = time.monotonic()
-        return Call(now + self.settings.request_timeout - waited, client_gone,
-                    now + self.settings.max_queue_wait - waited)
+        start_by = now + limit - waited
+        if name is not None and self.registry.ready:
+            if not self.registry.get(name, version).batcher.wait_for_room(start_by):
+                raise Unavailable(f"server is overloaded: the model had no room for the request within "
+                                  f"{limit:g} s of its arrival; retry shortly", retry_after=1)
+        return Call(now + self.settings.request_timeout - waited, client_gone, start_by)
 
     def tfserving_predict(self, name: str, version: int | None, body: bytes, content_type: str | None,
                 call: Call | None = None) -> dict:

@@ -28,8 +28,10 @@ class Inference(Resource):
     """Inference routes shed load before reading the body: see DataPlane.admit."""
 
     def dispatch_request(self, *args, **kwargs):
-        g.call = plane().admit(request.headers.get("X-Request-Start"),
-                               socket_closed(request.environ.get("gunicorn.socket")))
+        data = plane()
+        g.call = data.admit(request.headers.get("X-Request-Start"),
+                            socket_closed(request.environ.get("gunicorn.socket")),
+                            kwargs.get("model", data.registry.name), kwargs.get("version"))
         return super().dispatch_request(*args, **kwargs)
 
 
