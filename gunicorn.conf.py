@@ -121,13 +121,18 @@ def post_worker_init(worker):
     from api import registry_of  # the app module is already imported in the worker: no new import cost
 
     registry = registry_of(worker.wsgi)
-    loader = registry.start()
-    if not getattr(worker, "accept_before_ready", True):
+    if getattr(worker, "accept_before_ready", True):  # a cold start: listen at once, answer 503 meanwhile
+        if settings.worker_socket_paths:
+            worker.sockets.append(_own_socket(worker))
+        registry.start()
+    else:  # warm siblings serve: load first, then listen, and only then count as ready
+        loader = registry.start(announce=False)
         while loader.is_alive():  # keep gunicorn's heartbeat going while the model loads
             worker.notify()
             loader.join(1.0)
-    if settings.worker_socket_paths:
-        worker.sockets.append(_own_socket(worker))
+        if settings.worker_socket_paths:
+            worker.sockets.append(_own_socket(worker))
+        registry.announce_ready()
     _drain_on(signal.SIGTERM, registry)
 
 

@@ -30,7 +30,7 @@ class ModelRegistry:
         self._runtimes: dict = {}
 
     # -- life cycle -------------------------------------------------------------------------------
-    def load(self, run=None) -> None:
+    def load(self, run=None, announce: bool = True) -> None:
         """Load and warm every selected version; never raises, the outcome is in `state`.
 
         `run(fn, *args)` runs the TensorFlow work (import, load, trace, warm-up) elsewhere: a native
@@ -49,18 +49,25 @@ class ModelRegistry:
         gc.freeze()
         if self.state == "loading":
             self.state = "ready"
+            if announce:
+                self.announce_ready()
+
+    def announce_ready(self) -> None:
+        """Tell the master (readiness marker) and the metrics that this worker takes traffic; a worker
+        that binds a socket of its own after loading announces once it listens (gunicorn.conf.py)."""
+        if self.state == "ready":
             mark_ready(self.settings.run_dir)
             metrics.set_ready(True)
 
-    def start(self):
+    def start(self, announce: bool = True):
         """Load in the background; returns what to `join(seconds)` and ask `is_alive()`."""
         run = native_runner()
         if run is None:
-            thread = threading.Thread(target=self.load, name="model-load", daemon=True)
+            thread = threading.Thread(target=self.load, args=(None, announce), name="model-load", daemon=True)
             thread.start()
             return thread
         import gevent  # a gevent worker: a greenlet waits on the native thread, the loop serves on
-        return _Loading(gevent.spawn(self.load, run))
+        return _Loading(gevent.spawn(self.load, run, announce))
 
     def drain(self) -> None:
         """Stop taking new work; queued requests still run (the batchers keep going until exit)."""
