@@ -120,7 +120,7 @@ class ModelRegistry:
             log.info("model loaded name=%s version=%d pid=%d device=%s load_s=%.2f warmup_s=%.2f call_ms=%.2f "
                      "inference=%s", self.name, number, os.getpid(), device, runtime.load_seconds,
                      runtime.warmup_seconds, runtime.call_seconds * 1e3,
-                     "gthread" if gather is None else "inline" if runner is None else "native thread")
+                     runtime.batcher.mode)
             runtimes[number] = runtime
         return runtimes
 
