@@ -1,4 +1,5 @@
-"""gunicorn's gevent worker with one change, for the worker's own socket (gunicorn.conf.py's `_own_socket`).
+"""gunicorn's gevent worker with one change, once workers have sockets of their own (gunicorn.conf.py's
+`_own_socket`).
 
 gunicorn accepts one connection per turn of a worker's loop when several workers share a socket, so
 that one worker does not take the whole accept queue. A socket of the worker's own has no one to share
@@ -14,7 +15,7 @@ OWN_SOCKETS: set[int] = set()
 
 
 class _Server(StreamServer):
-    """A StreamServer that keeps gevent's accept batch on a worker's own socket."""
+    """A StreamServer that keeps gevent's accept batch when the worker has a socket of its own."""
 
     @property
     def max_accept(self) -> int:
@@ -22,8 +23,9 @@ class _Server(StreamServer):
 
     @max_accept.setter
     def max_accept(self, value: int) -> None:
-        own = self.socket is not None and self.socket.fileno() in OWN_SOCKETS
-        self.__dict__["_max_accept"] = StreamServer.max_accept if own else value
+        # With sockets of their own, the shared socket is nginx's fallback while a worker is gone: the
+        # survivor takes what waits there in batches too, rather than one connection per loop turn.
+        self.__dict__["_max_accept"] = StreamServer.max_accept if OWN_SOCKETS else value
 
 
 class GeventWorker(ggevent.GeventWorker):

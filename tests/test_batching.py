@@ -295,6 +295,8 @@ def test_workers_report_their_batching_and_the_function_never_retraces(server, d
         assert runtime["batching"]["max_batch_size"] == 64 and runtime["batching"]["batch_timeout_micros"] == 0
         assert runtime["traces"] == 1
     both = before.keys() & after.keys()
-    instances = sum(after[p]["batching"]["instances"] - before[p]["batching"]["instances"] for p in both)
-    batches = sum(after[p]["batching"]["batches"] - before[p]["batching"]["batches"] for p in both)
-    assert batches and instances / batches > 3  # 3 instances per request: calls took several requests
+    instances, batches, served = (sum(after[p]["batching"][key] - before[p]["batching"][key] for p in both)
+                                  for key in ("instances", "batches", "requests"))
+    # Every request counted with its 3 instances, and calls take whole requests (one or several: how
+    # many overlap depends on how fast 16 Python clients send; in-process tests above force overlap).
+    assert served and instances == 3 * served and 0 < batches <= served
