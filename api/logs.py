@@ -10,7 +10,6 @@ import time
 from datetime import datetime, timezone
 
 import orjson
-from flask import Flask, g, request
 
 access_log = logging.getLogger("api.access")
 
@@ -59,9 +58,11 @@ class AccessLine:
             pass
 
 
-def init_app(app: Flask) -> None:
+def init_app(app) -> None:
     """Time every request, count it, and write its access line: the only per-request work added."""
-    from .metrics import RequestMetrics  # not at the top: gunicorn's master loads the formatter early
+    from flask import g, request  # not at the top: gunicorn's master loads the formatter, never Flask
+
+    from .metrics import RequestMetrics
 
     metrics = RequestMetrics()
     lines: list[AccessLine] = []  # made at the first request: in the worker, once logging is configured
@@ -78,11 +79,11 @@ def init_app(app: Flask) -> None:
         metrics.observe(route, request.method, response.status_code, seconds)
         if not lines:
             lines.append(AccessLine())
-        lines[0].write(_access_fields(route, response.status_code, seconds))
+        lines[0].write(_access_fields(request, g, route, response.status_code, seconds))
         return response
 
 
-def _access_fields(route: str, status: int, seconds: float) -> dict:
+def _access_fields(request, g, route: str, status: int, seconds: float) -> dict:
     call = g.get("call")
     return {"request_id": request.headers.get("X-Request-ID", ""), "method": request.method,
             "route": route, "path": request.path, "status": status, "duration_ms": round(seconds * 1e3, 3),

@@ -2,13 +2,15 @@
 import os
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import requests
 
-from tests.servers import Gunicorn
+from tests.servers import ROOT, Gunicorn
 
 
 def metadata_by_worker(url: str, workers: int) -> dict[int, dict]:
@@ -41,6 +43,18 @@ def test_tensorflow_is_never_loaded_in_the_gunicorn_master(server):
 
     assert "libtensorflow" not in maps(server.process.pid)
     assert all("libtensorflow" in maps(pid) for pid in server.worker_pids())
+
+
+def test_the_master_loads_neither_flask_nor_tensorflow(tmp_path):
+    """What gunicorn's master imports: its config file, the worker class, the log formatter and the
+    metrics module its child_exit hook uses. Flask and TensorFlow stay in the workers."""
+    code = ("import runpy, sys; from gunicorn import util; runpy.run_path('gunicorn.conf.py'); "
+            "util.load_class('api.workers.GeventWorker'); import api.logs, api.metrics; "
+            "print(sorted(m for m in ('flask', 'flask_restful', 'werkzeug', 'tensorflow', 'keras') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "SERVE_RUN_DIR": str(tmp_path / "run")}, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
 
 
 def test_ready_is_503_until_the_model_is_warm(store, tmp_path):

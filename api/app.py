@@ -1,0 +1,86 @@
+"""The Flask app: routes, JSON errors, the access line. Imported in gunicorn's workers, never its master."""
+import logging
+
+from flask import Flask, current_app
+from flask_restful import Api
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
+from werkzeug.routing import BaseConverter
+
+from .settings import Settings
+
+log = logging.getLogger("api")
+
+
+class ModelNameConverter(BaseConverter):
+    """Model names as the store allows them; no ':' so `<name>:predict` splits cleanly."""
+
+    regex = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+
+
+class JsonApi(Api):
+    """Flask-RESTful with every error, its own included, answered as `{"error": "..."}`."""
+
+    def handle_error(self, e):
+        return error_response(e)
+
+
+def error_response(exc: Exception):
+    from .codecs import dump_json
+    from .errors import ApiError
+
+    if isinstance(exc, ApiError):
+        status, message, headers = exc.status, exc.message, dict(exc.headers)
+    elif isinstance(exc, HTTPException):
+        status, message = exc.code or 500, _describe(exc)
+        headers = {k: v for k, v in exc.get_headers() if k.lower() == "allow"}
+    else:  # a bug: log the trace, never send it
+        log.exception("unhandled error")
+        status, message, headers = 500, "internal server error", {}
+    headers["Content-Type"] = "application/json"
+    return dump_json({"error": message}), status, headers
+
+
+def _describe(exc: HTTPException) -> str:
+    from flask import has_request_context, request
+
+    where = f"{request.method} {request.path}" if has_request_context() else ""
+    if isinstance(exc, MethodNotAllowed):
+        return f"method not allowed: {where}; allowed: {', '.join(exc.valid_methods or [])}"
+    if isinstance(exc, NotFound):
+        return f"no such route: {where}"
+    if isinstance(exc, RequestEntityTooLarge):
+        return f"request body is over the limit of {current_app.config['MAX_CONTENT_LENGTH']} bytes"
+    return exc.description or exc.name
+
+
+def create_app(settings: Settings | None = None, registry=None) -> Flask:
+    """Build the app; the model is loaded by whoever hosts it (`registry.load()` or `.start()`)."""
+    from .codecs import dump_json
+    from . import logs
+    from .dataplane import DataPlane
+    from .registry import ModelRegistry
+    from .resources import ROUTES
+
+    settings = settings or Settings()
+    app = Flask(__name__)
+    app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, ERROR_404_HELP=False)
+    app.url_map.converters["name"] = ModelNameConverter
+    app.extensions["settings"] = settings
+    app.extensions["dataplane"] = DataPlane(registry or ModelRegistry(settings), settings)
+    api = JsonApi(app, catch_all_404s=True)
+
+    @api.representation("application/json")
+    def as_json(data, code, headers):
+        response = app.response_class(dump_json(data), code, mimetype="application/json")
+        response.headers.extend(headers or {})
+        return response
+
+    for resource, urls in ROUTES:
+        api.add_resource(resource, *urls)
+    app.register_error_handler(Exception, error_response)
+    logs.init_app(app)
+    return app
+
+
+def registry_of(app: Flask):
+    return app.extensions["dataplane"].registry
