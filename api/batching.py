@@ -21,6 +21,7 @@ another thread and back costs more than the call.
 Pure Python and numpy: the model call is injected, so this is tested without TensorFlow.
 """
 import bisect
+import functools
 import logging
 import select
 import socket
@@ -405,8 +406,10 @@ def socket_closed(sock: socket.socket | None) -> Callable[[], bool] | None:
     return gone
 
 
+@functools.cache
 def _unpatched_select():
-    """The system's select: gevent's would yield to the loop even with a zero timeout."""
+    """The system's select: gevent's would yield to the loop even with a zero timeout. Looked up once
+    (after the worker's monkey-patching), not on every request."""
     try:
         from gevent import monkey
     except ImportError:
