@@ -145,10 +145,11 @@ def _own_socket(worker):
     if settings.worker_class != "gevent":
         return listener
     from gevent import socket as gevent_socket  # the gevent worker patched its sockets before this hook
-    from api.workers import OWN_SOCKETS
+    from api.workers import OWN_NAMES, OWN_SOCKETS
 
     own = gevent_socket.socket(listener.FAMILY, gevent_socket.SOCK_STREAM, fileno=listener.sock.detach())
     OWN_SOCKETS.add(own.fileno())
+    OWN_NAMES.add(own.getsockname())
     return own
 
 

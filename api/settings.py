@@ -66,7 +66,8 @@ class Settings(BaseSettings):
     upstream_keepalive: int = Field(60, ge=1)
     """Seconds nginx keeps an idle connection to gunicorn; shorter than gunicorn's keepalive."""
     upstream_tries: int = Field(3, ge=1, le=10)
-    """Attempts nginx makes for one request when a worker dies or refuses (POST /predict is idempotent)."""
+    """Attempts nginx makes for one request on the shared socket when a worker dies or refuses (POST
+    /predict is idempotent); with `worker_sockets`, after one attempt on each worker's own socket."""
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     """Largest request body accepted; larger bodies get 413."""
     max_instances: int = Field(256, ge=1)

@@ -26,6 +26,7 @@ def context(settings: Settings, out_dir: Path, access_log: str, error_log: str) 
         "max_body_bytes": settings.max_body_bytes,
         "body_buffer_bytes": min(settings.max_body_bytes, 4 * 1024 * 1024),
         "request_timeout": _seconds(settings.request_timeout), "upstream_tries": settings.upstream_tries,
+        "next_upstream_tries": len(settings.worker_socket_paths) + settings.upstream_tries,
         "client_rate": settings.client_rate, "client_burst": settings.client_burst,
         "client_connections": settings.client_connections, "trusted_proxies": settings.trusted_proxies,
         "client_keepalive": settings.client_keepalive, "upstream_keepalive": settings.upstream_keepalive,

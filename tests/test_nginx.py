@@ -141,12 +141,15 @@ def test_proxy_limits_follow_the_app_settings(tmp_path):
     settings, text = rendered(tmp_path, max_body_bytes=1234567, request_timeout=12.5, upstream_tries=4)
     assert directive(text, "client_max_body_size") == ["1234567"]
     assert directive(text, "proxy_read_timeout") == ["12.5s"]
-    assert directive(text, "proxy_next_upstream_tries") == ["4"]
-    # one peer per worker slot, balanced by in-flight requests, and the shared socket as the fallback
+    workers = len(settings.worker_socket_paths)
+    assert directive(text, "proxy_next_upstream_tries") == [str(workers + 4)]
+    # one peer per worker slot, balanced by in-flight requests, and the shared socket as the fallback,
+    # once per attempt left after every worker's own socket failed
     peers = re.findall(r"^\s*server unix:(\S+)(.*);", text, flags=re.M)
-    assert [path for path, _ in peers] == [*map(str, settings.worker_socket_paths), str(settings.socket_path)]
-    assert all(extra.split() == ["max_fails=0"] for _, extra in peers[:-1])
-    assert peers[-1][1].split() == ["backup", "max_fails=0"] and re.search(r"^\s*least_conn;", text, flags=re.M)
+    assert [path for path, _ in peers] == [*map(str, settings.worker_socket_paths), *[str(settings.socket_path)] * 4]
+    assert all(extra.split() == ["max_fails=0"] for _, extra in peers[:workers])
+    assert all(extra.split() == ["backup", "max_fails=0"] for _, extra in peers[workers:])
+    assert re.search(r"^\s*least_conn;", text, flags=re.M)
     assert "non_idempotent" in directive(text, "proxy_next_upstream")[0]
     assert directive(text, "proxy_http_version") == ["1.1"] and 'Connection ""' in text
     assert directive(text, "server_tokens") == ["off", "off"]
