@@ -11,10 +11,11 @@ PIP_VERSION := 26.3
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(BIN)/.runtime: requirements.txt
+$(BIN)/.runtime: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet pip==$(PIP_VERSION)
 	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --no-deps -e .  # the api package and its console script, keras-serving
 	touch $@
 
 $(BIN)/.dev: $(BIN)/.runtime requirements-dev.txt
@@ -29,21 +30,21 @@ deploy-tools:  ## packer, shellcheck, systemd (Debian) and cfn-lint, checkov (ow
 	@scripts/install_deploy_tools.sh
 
 $(STORE)/digits/1/model.keras: | $(BIN)/.runtime
-	$(BIN)/python scripts/train_digits.py $(STORE)
+	$(BIN)/keras-serving train-digits $(STORE)
 
 model: $(STORE)/digits/1/model.keras  ## train the default model (digits) if the store has none
 
 serve: install system-deps model  ## nginx + gunicorn on the default model: http://127.0.0.1:8080 (Ctrl-C stops)
-	SERVE_MODEL_STORE=$(STORE) $(BIN)/python scripts/run_stack.py
+	SERVE_MODEL_STORE=$(STORE) $(BIN)/keras-serving serve
 
 settings: install  ## print every setting: SERVE_NAME=effective value  # what it does
-	@$(BIN)/python -c "from api.settings import describe; print(describe())"
+	@$(BIN)/keras-serving settings
 
 check: install-dev  ## static checks: gunicorn's own config check
 	$(BIN)/gunicorn --check-config -c gunicorn.conf.py wsgi:app
 
 settings-table: install  ## the README's settings table, from api/settings.py
-	@$(BIN)/python -c "from api.settings import markdown_table; print(markdown_table())"
+	@$(BIN)/keras-serving settings --table
 
 test: install-dev system-deps deploy-tools check  ## the whole test suite (real gunicorn, real TensorFlow, real HTTP)
 	$(BIN)/python -m pytest

@@ -10,7 +10,7 @@ import signal
 
 from gunicorn import glogging
 
-from api import devices, lifecycle
+from api.process import arbiter, devices, markers, worker as worker_hooks
 from api.settings import Settings
 
 settings = Settings()
@@ -29,7 +29,7 @@ control_socket = str((settings.run_dir / "gunicorn.ctl").resolve())  # per insta
 # -- Worker processes -----------------------------------------------------------------------------
 workers = settings.workers  # one model copy each; more than the cores (or one per GPU) only adds contention
 # gevent (default): an event loop parses requests while the batch runs on a native thread (api/batching.py)
-worker_class = "api.workers.GeventWorker" if settings.worker_class == "gevent" else settings.worker_class
+worker_class = "api.process.workers.GeventWorker" if settings.worker_class == "gevent" else settings.worker_class
 worker_connections = settings.worker_connections
 threads = settings.threads  # gthread only
 timeout = settings.timeout  # also bounds model load + warm-up: the loading worker heartbeats meanwhile
@@ -78,7 +78,7 @@ proc_name = "keras-serving"
 # -- Server hooks ---------------------------------------------------------------------------------
 def on_starting(server):
     """Forget readiness and metrics left by an earlier run: those pids are gone. List the GPUs, once."""
-    lifecycle.clear_markers(settings.run_dir)
+    markers.clear_markers(settings.run_dir)
     shutil.rmtree(settings.metrics_dir, ignore_errors=True)
     settings.metrics_dir.mkdir(parents=True)
     server.gpus = devices.visible_gpus(settings.device)
@@ -87,19 +87,19 @@ def on_starting(server):
 
 
 def when_ready(server):
-    """Three signals change meaning (api/lifecycle.py): HUP is a ready-gated rolling restart, TERM drains
+    """Three signals change meaning (api/process/arbiter.py): HUP is a ready-gated rolling restart, TERM drains
     before the graceful stop, and TTIN comes from a worker past SERVE_MAX_REQUESTS asking for a warm
     successor (gunicorn's own max_requests stays off: its worker exits before any successor is warm)."""
-    server.handle_hup = functools.partial(lifecycle.rolling_restart, server, settings.run_dir, settings.timeout)
-    server.handle_term = functools.partial(lifecycle.drain_then_stop, server, settings.run_dir,
+    server.handle_hup = functools.partial(arbiter.rolling_restart, server, settings.run_dir, settings.timeout)
+    server.handle_term = functools.partial(arbiter.drain_then_stop, server, settings.run_dir,
                                            settings.drain_seconds)
-    server.handle_ttin = functools.partial(lifecycle.recycle_requested, server, settings.run_dir, settings.timeout)
+    server.handle_ttin = functools.partial(arbiter.recycle_requested, server, settings.run_dir, settings.timeout)
 
 
 def pre_fork(server, worker):
     """Decide, in the master, whether the new worker may take traffic before its model is warm, and its
     slot (its GPU and its own socket): a successor takes its predecessor's, else the lowest free one."""
-    worker.accept_before_ready = lifecycle.accepts_before_ready(server, settings.run_dir)
+    worker.accept_before_ready = arbiter.accepts_before_ready(server, settings.run_dir)
     successor_of = server.WORKERS.get(getattr(server, "replacing", None))
     worker.slot = successor_of.slot if successor_of is not None else devices.free_slot(
         {getattr(w, "slot", -1) for w in server.WORKERS.values()})
@@ -109,8 +109,9 @@ def post_fork(server, worker):
     gpu = devices.gpu_for(worker.slot, getattr(server, "gpus", []))
     if gpu is not None:  # before TensorFlow is imported: it reads the variable once, at start
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-    lifecycle.one_write_responses()
-    worker.recycler = lifecycle.Recycler(settings.run_dir, settings.max_requests, settings.max_requests_jitter)
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = str(settings.tf_log_level)  # read once, at TensorFlow's import
+    worker_hooks.one_write_responses()
+    worker.recycler = worker_hooks.Recycler(settings.run_dir, settings.max_requests, settings.max_requests_jitter)
 
 
 def post_request(worker, req, environ, resp):
@@ -118,7 +119,7 @@ def post_request(worker, req, environ, resp):
 
 
 def post_worker_init(worker):
-    from api import registry_of  # the app module is already imported in the worker: no new import cost
+    from api.http.app import registry_of  # the app module is already imported in the worker: no new import cost
 
     registry = registry_of(worker.wsgi)
     if getattr(worker, "accept_before_ready", True):  # a cold start: listen at once, answer 503 meanwhile
@@ -145,7 +146,7 @@ def _own_socket(worker):
     if settings.worker_class != "gevent":
         return listener
     from gevent import socket as gevent_socket  # the gevent worker patched its sockets before this hook
-    from api.workers import OWN_NAMES, OWN_SOCKETS
+    from api.process.workers import OWN_NAMES, OWN_SOCKETS
 
     own = gevent_socket.socket(listener.FAMILY, gevent_socket.SOCK_STREAM, fileno=listener.sock.detach())
     OWN_SOCKETS.add(own.fileno())
@@ -168,7 +169,7 @@ def _drain_on(signum, registry):
 def child_exit(server, worker):
     from api import metrics  # here, not at the top: after PROMETHEUS_MULTIPROC_DIR is set
 
-    lifecycle.forget(settings.run_dir, worker.pid)
+    markers.forget(settings.run_dir, worker.pid)
     metrics.worker_exited(worker.pid)
     if not any(getattr(w, "slot", None) == worker.slot for w in server.WORKERS.values()):
         # nobody took the slot over: connecting now fails at once and nginx tries the next worker

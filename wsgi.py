@@ -3,6 +3,6 @@
 Importing this builds the app without loading a model; gunicorn.conf.py's `post_worker_init`
 loads and warms the model in the worker before it counts as ready.
 """
-from api import create_app
+from api.http.app import create_app
 
 app = create_app()

@@ -20,49 +20,20 @@ another thread and back costs more than the call.
 
 Pure Python and numpy: the model call is injected, so this is tested without TensorFlow.
 """
-import bisect
-import functools
 import logging
-import select
-import socket
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from .errors import ApiError, DeadlineExceeded, InferenceFailed, Unavailable
+from api.errors import ApiError, DeadlineExceeded, InferenceFailed, Unavailable
+from api.settings import BatchPolicy
 
 log = logging.getLogger("api.batching")
 
 Outputs = dict[str, np.ndarray]
-
-
-@dataclass(frozen=True)
-class BatchPolicy:
-    max_batch_size: int = 64
-    batch_timeout: float = 0.0  # seconds
-    max_enqueued_batches: int = 16
-    allowed_batch_sizes: tuple[int, ...] = ()
-
-    def __post_init__(self):
-        sizes = self.allowed_batch_sizes
-        if sizes and (list(sizes) != sorted(set(sizes)) or sizes[-1] != self.max_batch_size):
-            raise ValueError("allowed_batch_sizes must increase and end with max_batch_size "
-                             f"({self.max_batch_size}); got {list(sizes)}")
-
-    @property
-    def max_enqueued(self) -> int:
-        """Instances that may wait at once; a request beyond it is refused, not queued."""
-        return self.max_batch_size * self.max_enqueued_batches
-
-    def padded(self, size: int) -> int:
-        """The batch size the model is called with: the smallest allowed size that holds `size`."""
-        if not self.allowed_batch_sizes:
-            return size
-        return self.allowed_batch_sizes[bisect.bisect_left(self.allowed_batch_sizes, size)]
 
 
 class _Waiter:
@@ -337,12 +308,9 @@ class BatchStats:
 
 
 def _as_api_error(exc: Exception) -> ApiError:
-    if isinstance(exc, ApiError):
+    if isinstance(exc, ApiError):  # the runtime's own, e.g. the model refusing these values (400)
         return exc
-    # TensorFlow's InvalidArgumentError is the model refusing these values: the client's fault, as
-    # TensorFlow Serving maps it. Anything else is ours, logged with its trace, never sent.
-    if type(exc).__name__ == "InvalidArgumentError":
-        return InferenceFailed(f"the model refused this input: {str(exc).splitlines()[0][:300]}", status=400)
+    # Anything else is ours, logged with its trace, never sent.
     log.exception("inference failed")
     return InferenceFailed("inference failed; the error is logged on the server", status=500)
 
@@ -383,35 +351,3 @@ def event_loop_hooks(inline: bool) -> tuple[Callable | None, Callable | None]:
 def native_runner() -> Callable | None:
     """In a gevent worker, `run(fn, *args)` on a native thread of its own; elsewhere None."""
     return event_loop_hooks(inline=False)[0]
-
-
-def socket_closed(sock: socket.socket | None) -> Callable[[], bool] | None:
-    """A check that the peer of `sock` hung up (nginx closes its upstream when its client aborts).
-
-    Readable with nothing to read means end of file; readable with bytes is a pipelined request, alive.
-    """
-    if sock is None:
-        return None
-    poll = _unpatched_select()
-
-    def gone() -> bool:
-        try:
-            readable, _, _ = poll([sock], [], [], 0)
-            return bool(readable) and sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            return False
-        except (OSError, ValueError):
-            return True
-
-    return gone
-
-
-@functools.cache
-def _unpatched_select():
-    """The system's select: gevent's would yield to the loop even with a zero timeout. Looked up once
-    (after the worker's monkey-patching), not on every request."""
-    try:
-        from gevent import monkey
-    except ImportError:
-        return select.select
-    return monkey.get_original("select", "select")

@@ -1,17 +1,12 @@
-"""JSON log lines for gunicorn and the app, one object per line, and the app's one access line per request.
+"""JSON log lines for gunicorn and the app, one object per line (the master's and the workers' formatter).
 
 Every line has `time`, `level`, `logger`, `pid` and `message`; a trace goes in `traceback` (the error
-log only: clients get `{"error": ...}`). Access lines add the fields listed in docs/operations.md, among
-them `request_id`, the id nginx wrote in its own access log (X-Request-ID), so the two lines join.
+log only: clients get `{"error": ...}`). The app's access line is written by api/http/access.py.
 """
 import logging
-import os
-import time
 from datetime import datetime, timezone
 
 import orjson
-
-access_log = logging.getLogger("api.access")
 
 
 class JsonFormatter(logging.Formatter):
@@ -27,65 +22,3 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             line["traceback"] = self.formatException(record.exc_info)
         return orjson.dumps(line, default=str).decode()
-
-
-class AccessLine:
-    """Writes the one access line per request as JsonFormatter would, straight to the stream of the
-    access logger's handler: a LogRecord, its formatting and the handler's lock cost more than the rest
-    of the line (measured under load: 6.5% of a worker's CPU through `logging`, less than 2% here).
-    Falls back to `logging` when the logger's handler is not a plain stream (tests, other configs)."""
-
-    def __init__(self):
-        handlers = access_log.handlers
-        plain = len(handlers) == 1 and type(handlers[0]) is logging.StreamHandler and \
-            isinstance(handlers[0].formatter, JsonFormatter) and not access_log.filters
-        self.stream = handlers[0].stream if plain else None
-        self.pid = os.getpid()
-
-    def write(self, fields: dict) -> None:
-        if not access_log.isEnabledFor(logging.INFO):
-            return
-        if self.stream is None:
-            access_log.info("request", extra={"fields": fields})
-            return
-        now = time.time()
-        line = {"time": datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds"),
-                "level": "INFO", "logger": access_log.name, "pid": self.pid, "message": "request", **fields}
-        try:
-            self.stream.write(orjson.dumps(line, default=str).decode() + "\n")
-            self.stream.flush()
-        except (OSError, ValueError):  # a closed or full stream must not fail the request, as in logging
-            pass
-
-
-def init_app(app) -> None:
-    """Time every request, count it, and write its access line: the only per-request work added."""
-    from flask import g, request  # not at the top: gunicorn's master loads the formatter, never Flask
-
-    from .metrics import RequestMetrics
-
-    metrics = RequestMetrics()
-    lines: list[AccessLine] = []  # made at the first request: in the worker, once logging is configured
-
-    @app.before_request
-    def start_clock():
-        g.started = time.perf_counter()
-
-    @app.after_request
-    def account(response):
-        seconds = time.perf_counter() - g.get("started", time.perf_counter())
-        rule = request.url_rule
-        route = rule.rule if rule is not None else "unmatched"  # templates only: bounded label values
-        metrics.observe(route, request.method, response.status_code, seconds)
-        if not lines:
-            lines.append(AccessLine())
-        lines[0].write(_access_fields(request, g, route, response.status_code, seconds))
-        return response
-
-
-def _access_fields(request, g, route: str, status: int, seconds: float) -> dict:
-    call = g.get("call")
-    return {"request_id": request.headers.get("X-Request-ID", ""), "method": request.method,
-            "route": route, "path": request.path, "status": status, "duration_ms": round(seconds * 1e3, 3),
-            "model": getattr(call, "model", None), "version": getattr(call, "version", None),
-            "instances": getattr(call, "instances", None)}

@@ -15,7 +15,7 @@ import subprocess
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
                                generate_latest, multiprocess)
 
-from .batching import BatchStats
+from api.batching import BatchStats
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 PREFIX = "keras_serving_"

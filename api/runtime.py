@@ -9,9 +9,8 @@ import logging
 import re
 import threading
 import time
-from dataclasses import dataclass
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # gunicorn workers: SERVE_TF_LOG_LEVEL (post_fork)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -19,23 +18,14 @@ import keras  # noqa: E402
 from google.protobuf.message import DecodeError  # noqa: E402
 from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
 
-from .settings import Settings  # noqa: E402
-from .store import ModelVersion, StoreError  # noqa: E402
+from api.errors import InferenceFailed  # noqa: E402
+from api.settings import Settings  # noqa: E402
+from api.model.signature import ModelSignature, TensorInfo  # noqa: E402
+from api.model.store import ModelVersion, StoreError  # noqa: E402
 
 log = logging.getLogger("api.runtime")
 _configured = threading.Lock()
 _device: str | None = None
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    name: str
-    dtype: np.dtype
-    shape: tuple[int | None, ...]  # batch dimension first, None where any size fits
-
-    @property
-    def instance_shape(self) -> tuple[int | None, ...]:
-        return self.shape[1:]
 
 
 def configure_tensorflow(settings: Settings) -> str:
@@ -78,7 +68,6 @@ class ModelRuntime:
         self.device = device
         self.xla = xla
         self.mixed_precision = mixed_precision and version.format == "keras"
-        self.batcher = None  # set by the registry once warm: requests go through it, not infer()
         started = time.perf_counter()
         with tf.device(device):
             if version.format == "keras":
@@ -94,6 +83,9 @@ class ModelRuntime:
             # takes one tensor and returns the signature's dict of outputs.
             concrete, captured = self._call, self._call.captured_inputs
             self._call = lambda x: concrete._call_flat([x], captured)
+        self.signature = ModelSignature(version.name, version.version, version.format,
+                                        {self.input.name: self.input}, self.outputs, tuple(version.labels),
+                                        version.serving.image)
         self.load_seconds = time.perf_counter() - started
         self.warmup_seconds = 0.0
         self.call_seconds = 0.0  # one warm call at the largest warm-up batch, set by warm_up
@@ -116,8 +108,19 @@ class ModelRuntime:
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """One compiled call, on the calling thread (the batcher's inference thread when serving)."""
-        results = self._call(tf.convert_to_tensor(batch))
+        try:
+            results = self._call(tf.convert_to_tensor(batch))
+        except tf.errors.InvalidArgumentError as exc:
+            # The model refusing these values is the client's fault, as TensorFlow Serving maps it.
+            raise InferenceFailed(f"the model refused this input: {str(exc).splitlines()[0][:300]}",
+                                  status=400) from None
         return {name: _as_served(results[name].numpy(), info.dtype) for name, info in self.outputs.items()}
+
+    def describe(self) -> dict:
+        """How this version runs, for the metadata routes: device, compiler options, traces, timings (s)."""
+        return {"device": self.device, "xla": self.xla, "mixed_precision": self.mixed_precision,
+                "traces": self.traces, "load_seconds": round(self.load_seconds, 3),
+                "warmup_seconds": round(self.warmup_seconds, 3)}
 
     @property
     def traces(self) -> int:

@@ -3,7 +3,9 @@
 gunicorn.conf.py, the app factory, the model runtime and the scripts all read this one object;
 `make settings` prints the effective values (the README's settings table comes from it).
 """
+import bisect
 import os
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -17,6 +19,32 @@ def _cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """TensorFlow Serving's batching parameters, as the batcher reads them (api/batching.py)."""
+    max_batch_size: int = 64
+    batch_timeout: float = 0.0  # seconds
+    max_enqueued_batches: int = 16
+    allowed_batch_sizes: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        sizes = self.allowed_batch_sizes
+        if sizes and (list(sizes) != sorted(set(sizes)) or sizes[-1] != self.max_batch_size):
+            raise ValueError("allowed_batch_sizes must increase and end with max_batch_size "
+                             f"({self.max_batch_size}); got {list(sizes)}")
+
+    @property
+    def max_enqueued(self) -> int:
+        """Instances that may wait at once; a request beyond it is refused, not queued."""
+        return self.max_batch_size * self.max_enqueued_batches
+
+    def padded(self, size: int) -> int:
+        """The batch size the model is called with: the smallest allowed size that holds `size`."""
+        if not self.allowed_batch_sizes:
+            return size
+        return self.allowed_batch_sizes[bisect.bisect_left(self.allowed_batch_sizes, size)]
 
 
 class Settings(BaseSettings):
@@ -149,6 +177,10 @@ class Settings(BaseSettings):
 
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of gunicorn and the app."""
+    tf_log_level: int = Field(3, ge=0, le=3)
+    """TensorFlow's own C++ log threshold in the workers (its TF_CPP_MIN_LOG_LEVEL): 3 keeps its start-up
+    chatter out of the log (on a CPU machine `failed call to cuInit`, at error level, among it); 0 shows
+    everything, for debugging a device. The app logs model, versions and device itself."""
 
     @model_validator(mode="after")
     def _batching_is_consistent(self):
@@ -170,7 +202,6 @@ class Settings(BaseSettings):
 
     @cached_property
     def batch_policy(self):
-        from .batching import BatchPolicy
         return BatchPolicy(self.max_batch_size, self.batch_timeout_micros / 1e6, self.max_enqueued_batches,
                            self.allowed_batch_sizes)
 
@@ -188,7 +219,7 @@ class Settings(BaseSettings):
         return (self.run_dir / "gunicorn.sock").resolve()
 
     def worker_socket_path(self, slot: int) -> Path:
-        """Worker slot `slot`'s own socket; a successor takes its predecessor's slot (api/lifecycle.py)."""
+        """Worker slot `slot`'s own socket; a successor takes its predecessor's slot (api/process/arbiter.py)."""
         return (self.run_dir / f"worker-{slot}.sock").resolve()
 
     @cached_property

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from api import create_app, registry_of
+
+from api.http.app import create_app, registry_of
 from api.settings import Settings
-from scripts.train_digits import held_out_split, train
+from api.training import held_out_split, train
 from tests.servers import Gunicorn, Stack, running
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]

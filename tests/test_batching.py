@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import requests
 
-from api.batching import Batcher, BatchPolicy, socket_closed
+from api.batching import Batcher
+from api.http.client import socket_closed
+from api.settings import BatchPolicy
 from api.errors import DeadlineExceeded, InferenceFailed, Unavailable
 
 
@@ -223,12 +225,12 @@ def test_a_failing_request_never_fails_its_batch_mates():
     assert "poisoned" not in failed.value.message  # the trace is logged, never sent
 
 
-def test_tensorflow_refusing_the_values_is_the_clients_fault():
-    class InvalidArgumentError(Exception):
-        pass
-
+def test_an_api_error_from_the_model_call_reaches_its_request_unchanged():
+    """The runtime raises the model refusing the values (TensorFlow's InvalidArgumentError) as the
+    client's fault, a 400 (api/runtime.py); the batcher passes it on as it is."""
     def refuses(batch):
-        raise InvalidArgumentError("Input to reshape is a tensor with 3 values\nstack trace...")
+        raise InferenceFailed("the model refused this input: Input to reshape is a tensor with 3 values",
+                              status=400)
 
     with pytest.raises(InferenceFailed) as refused:
         Batcher(refuses, BatchPolicy()).run(rows(1), later())

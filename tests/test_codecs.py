@@ -5,11 +5,11 @@ import random
 import numpy as np
 import pytest
 
-from api import codecs
-from api.codecs import cast, json_depth, load_json, require_json, to_array
+from api.protocols import codecs
+from api.protocols.codecs import cast, json_depth, load_json, require_json, to_array
 from api.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
-from api.images import image_to_instance
-from api.store import ImageSpec
+from api.protocols.images import image_to_instance
+from api.model.store import ImageSpec
 from tests.conftest import png_b64
 
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from api.devices import free_slot, gpu_for, visible_gpus
+from api.process.devices import free_slot, gpu_for, visible_gpus
 from tests.servers import Gunicorn
 
 

@@ -5,18 +5,21 @@ it (shape, dtype, every bit of every value), and leaves everything else, every e
 ordinary path. tests/test_parsing_properties.py checks the same on random documents.
 """
 import json
-from types import SimpleNamespace
 
 import numpy as np
 import orjson
 import pytest
 
-from api import codecs, tfserving, v2
-from api.codecs import load_json
+from api.protocols import codecs
+
+from api.protocols import tfserving
+
+from api.protocols import v2
+from api.protocols.codecs import load_json
 from api.errors import ApiError
-from api.fastjson import PLACEHOLDER, numeric_array, split_tensor, with_placeholder
+from api.protocols.fastjson import PLACEHOLDER, numeric_array, split_tensor, with_placeholder
 from api.settings import Settings
-from api.store import ServingConfig
+from tests.signatures import signature_of
 
 SETTINGS = Settings()
 
@@ -37,8 +40,7 @@ def holds_array(value) -> bool:
 
 
 def runtime(shape=(8, 8, 1), dtype="float32", name="image"):
-    return SimpleNamespace(input=SimpleNamespace(name=name, dtype=np.dtype(dtype), instance_shape=shape),
-                           outputs={"probs": None}, version=SimpleNamespace(serving=ServingConfig()))
+    return signature_of(shape, dtype, name)
 
 
 def outcome(fn):

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from api.settings import Settings
-from scripts.render_nginx import render
+from api.process.nginx import render
 from tests.servers import Stack, free_port
 
 

@@ -1,18 +1,21 @@
 """Property-based tests (Hypothesis): the parsers answer any JSON with a result or an ApiError, never a crash."""
 import json
-from types import SimpleNamespace
 from unittest.mock import patch
 
 import numpy as np
 import orjson
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from api import codecs, tfserving, v2
-from api.codecs import json_depth
+from api.protocols import codecs
+
+from api.protocols import tfserving
+
+from api.protocols import v2
+from api.protocols.codecs import json_depth
 from api.errors import ApiError
-from api.fastjson import numeric_array
+from api.protocols.fastjson import numeric_array
 from api.settings import Settings
-from api.store import ServingConfig
+from tests.signatures import signature_of
 
 SCALARS = st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats(allow_nan=False) | st.text(max_size=8)
 DOCUMENTS = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
@@ -32,9 +35,7 @@ def test_json_depth_matches_a_recursive_count(document):
     assert json_depth(json.dumps(document).encode()) == reference_depth(document)
 
 
-RUNTIME = SimpleNamespace(
-    input=SimpleNamespace(name="image", dtype=np.dtype("float32"), instance_shape=(2, 2)),
-    version=SimpleNamespace(serving=ServingConfig()))
+RUNTIME = signature_of((2, 2))
 SETTINGS = Settings(max_instances=8)
 PREDICT = st.fixed_dictionaries({}, optional={"instances": DOCUMENTS, "inputs": DOCUMENTS, "top_k": DOCUMENTS,
                                               "signature_name": DOCUMENTS})
@@ -127,8 +128,7 @@ def v2_layout(tensor: str, draw) -> str:
 
 
 FAST_SETTINGS = Settings(max_instances=3, max_json_depth=6, max_tensor_elements=40)
-MODELS = [SimpleNamespace(input=SimpleNamespace(name="image", dtype=np.dtype(dtype), instance_shape=shape),
-                          outputs={"probs": None}, version=SimpleNamespace(serving=ServingConfig()))
+MODELS = [signature_of(shape, dtype)
           for dtype, shape in [("float32", (None, None)), ("int32", (None, None)), ("uint8", (None,)),
                                ("float32", ()), ("float16", (2, 2)), ("float64", (None, None, None)),
                                ("int64", (None, None)), ("float32", (None,))]]

@@ -3,9 +3,10 @@ import keras
 import numpy as np
 import pytest
 
-from api import create_app, registry_of
+
+from api.http.app import create_app, registry_of
 from api.settings import Settings
-from scripts.train_digits import train
+from api.training import train
 
 
 def weights(path) -> list[np.ndarray]:
@@ -32,8 +33,7 @@ def test_a_savedmodel_version_serves_the_same_predictions(store, tmp_path, digit
     model.export(str(tmp_path / "store" / "digits" / "1"), format="tf_saved_model", verbose=False)
     app, registry = load_registry(tmp_path / "store", tmp_path)
     assert registry.ready, registry.error
-    runtime = registry.get("digits")
-    assert runtime.version.format == "saved_model"
+    assert registry.get("digits").signature.format == "saved_model"
     x = digits[0][:10]
     answer = app.test_client().post("/predict", json={"instances": x.tolist()})
     assert answer.status_code == 200, answer.get_json()

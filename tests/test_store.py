@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from api.store import ServingConfig, StoreError, list_versions, read_version, select_versions
+from api.model.store import ServingConfig, StoreError, list_versions, read_version, select_versions
 
 
 def test_versions_are_numeric_folders_oldest_first(tmp_path):

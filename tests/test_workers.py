@@ -49,7 +49,7 @@ def test_the_master_loads_neither_flask_nor_tensorflow(tmp_path):
     """What gunicorn's master imports: its config file, the worker class, the log formatter and the
     metrics module its child_exit hook uses. Flask and TensorFlow stay in the workers."""
     code = ("import runpy, sys; from gunicorn import util; runpy.run_path('gunicorn.conf.py'); "
-            "util.load_class('api.workers.GeventWorker'); import api.logs, api.metrics; "
+            "util.load_class('api.process.workers.GeventWorker'); import api.logs, api.metrics; "
             "print(sorted(m for m in ('flask', 'flask_restful', 'werkzeug', 'tensorflow', 'keras') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,

@@ -203,13 +203,13 @@ read_settings() {
 }
 
 render_nginx() {
-    step "nginx: $NGINX_DIR (rendered by scripts/render_nginx.py)"
+    step "nginx: $NGINX_DIR (rendered by api/process/nginx.py)"
     mkdir -p "$NGINX_LOG_DIR" "$ROOT/etc/nginx/conf.d"
     # render() rather than the CLI: the CLI puts the access log beside the config, and on an instance
     # it belongs in /var/log/nginx, which the nginx package's logrotate already rotates.
     release_python -c 'import sys; from pathlib import Path
 from api.settings import Settings
-from scripts.render_nginx import render
+from api.process.nginx import render
 render(Settings(), Path(sys.argv[1]), local=False, access_log=sys.argv[2])' \
         "$NGINX_DIR" "$NGINX_LOG_DIR/keras-serving.access.log" >/dev/null
     ln -sfn "$NGINX_DIR/site.conf" "$ROOT/etc/nginx/conf.d/keras-serving.conf"

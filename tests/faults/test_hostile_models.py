@@ -28,7 +28,8 @@ import requests
 import tensorflow as tf
 from packaging.version import Version
 
-from api import create_app, registry_of
+
+from api.http.app import create_app, registry_of
 from api.runtime import _in_mixed_precision
 from api.settings import Settings
 from tests.servers import ROOT, Gunicorn
@@ -508,7 +509,7 @@ def test_an_exported_keras_model_is_still_served(tmp_path):
     assert registry.state == "ready", registry.error
     assert ready.status_code == 200
     x = np.random.default_rng(0).random((3, 8, 8, 1), dtype="float32")
-    served, = registry.get("plain").infer(x).values()
+    served, = registry.get("plain").runtime.infer(x).values()
     assert np.allclose(served, model(x, training=False), atol=1e-6)
 
 

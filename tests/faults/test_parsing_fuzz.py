@@ -20,14 +20,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 from PIL import Image
 
-from api import v2
-from api.codecs import json_depth, load_json
-from api.dataplane import DataPlane
+from api.protocols import v2
+from api.protocols.codecs import json_depth, load_json
+from api.serving.dataplane import DataPlane
 from api.errors import ApiError
-from api.images import decode_b64, image_to_instance
+from api.protocols.images import decode_b64, image_to_instance
 from api.settings import Settings
-from api.store import ImageSpec, ServingConfig
+from api.model.store import ImageSpec
 from tests.test_parsing_properties import reference_depth
+from api.serving.registry import ServedVersion
+from tests.signatures import signature_of
 
 # A test run is the same every time; FUZZ_EXAMPLES=5000 hunts longer, with fresh random examples.
 HUNT = int(os.environ.get("FUZZ_EXAMPLES", 0))
@@ -46,13 +48,9 @@ class Batcher:
 
 
 def runtime(shape=(8, 8, 1), dtype="float32", color_mode="L"):
-    return SimpleNamespace(
-        input=SimpleNamespace(name="image", dtype=np.dtype(dtype), instance_shape=shape,
-                              shape=(None, *shape)),
-        outputs={"probs": SimpleNamespace(name="probs", dtype=np.dtype("float32"), shape=(None, 10))},
-        version=SimpleNamespace(name="digits", version=1, labels=tuple("0123456789"),
-                                serving=ServingConfig(image=ImageSpec(color_mode=color_mode, resize="box"))),
-        batcher=Batcher())
+    signature = signature_of(shape, dtype, labels=tuple("0123456789"),
+                             image=ImageSpec(color_mode=color_mode, resize="box"))
+    return ServedVersion(signature, runtime=None, batcher=Batcher())
 
 
 # digits' input; a vector of any length (a None dimension); an int model; an RGB image model.
@@ -140,7 +138,7 @@ def instances(draw, model, broken=()):
     """One instance: numbers of the model's shape, a b64 image or the named form; or anything."""
     kind = draw(st.sampled_from(["numbers", "b64", "named"] + (["anything"] if "instance" in broken else [])))
     if kind == "numbers":
-        return draw(arrays(model.input.instance_shape))
+        return draw(arrays(model.signature.input.instance_shape))
     if kind == "b64":
         data = draw(image_files(max_side=60) if "image" not in broken else IMAGE_BYTES)
         return {"b64": base64.b64encode(data).decode() if "b64" not in broken else draw(st.text(max_size=12))}
@@ -200,7 +198,7 @@ def v2_requests(draw, model):
     def part(field, valid, invalid):
         return draw(invalid) if field in broken else draw(valid)
 
-    spec = model.input
+    spec = model.signature.input
     valid_shape = [draw(st.integers(1, SETTINGS.max_instances))] + [
         draw(st.integers(1, 4)) if d is None else d for d in spec.instance_shape]
     count = int(np.prod(valid_shape))

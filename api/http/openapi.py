@@ -127,7 +127,7 @@ def document() -> dict:
                              "responses": {"200": {"description": "Prometheus text format", "content": {
                                  "text/plain": {"schema": {"type": "string"}}}}, **_errors(404)}}},
     }
-    from . import __version__
+    from api.version import __version__
     return {"openapi": "3.0.3",
             "info": {"title": "keras-serving", "version": __version__,
                      "description": "TensorFlow Serving and KServe v2 REST protocols for Keras models. "

@@ -1,6 +1,6 @@
 """Train the default model, `digits`, from scikit-learn's bundled digits data set (no download).
 
-    python scripts/train_digits.py [STORE] [--version N]
+    keras-serving train-digits [STORE] [--version N]
 
 Writes STORE/digits/<N>/ (default: models/digits/1/) holding `model.keras`, `labels.txt` and
 `serving.json` (how images sent as base64 are turned into the model's input). Deterministic: the
@@ -14,7 +14,6 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 import keras  # noqa: E402
 from sklearn.datasets import load_digits  # noqa: E402

@@ -6,8 +6,8 @@ import io
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import InvalidInput, PayloadTooLarge
-from .store import ImageSpec
+from api.errors import InvalidInput, PayloadTooLarge
+from api.model.store import ImageSpec
 
 FORMATS = ("PNG", "JPEG")
 _RESAMPLE = {

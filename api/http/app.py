@@ -1,12 +1,18 @@
 """The Flask app: routes, JSON errors, the access line. Imported in gunicorn's workers, never its master."""
 import logging
 
-from flask import Flask, current_app
+from flask import Flask, current_app, has_request_context, request
 from flask_restful import Api
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, RequestEntityTooLarge
 from werkzeug.routing import BaseConverter
 
-from .settings import Settings
+from api.errors import ApiError
+from api.http import access
+from api.http.resources import ROUTES
+from api.protocols.codecs import dump_json
+from api.serving.dataplane import DataPlane
+from api.serving.registry import ModelRegistry
+from api.settings import Settings
 
 log = logging.getLogger("api")
 
@@ -25,9 +31,6 @@ class JsonApi(Api):
 
 
 def error_response(exc: Exception):
-    from .codecs import dump_json
-    from .errors import ApiError
-
     if isinstance(exc, ApiError):
         status, message, headers = exc.status, exc.message, dict(exc.headers)
     elif isinstance(exc, HTTPException):
@@ -41,8 +44,6 @@ def error_response(exc: Exception):
 
 
 def _describe(exc: HTTPException) -> str:
-    from flask import has_request_context, request
-
     where = f"{request.method} {request.path}" if has_request_context() else ""
     if isinstance(exc, MethodNotAllowed):
         return f"method not allowed: {where}; allowed: {', '.join(exc.valid_methods or [])}"
@@ -55,12 +56,6 @@ def _describe(exc: HTTPException) -> str:
 
 def create_app(settings: Settings | None = None, registry=None) -> Flask:
     """Build the app; the model is loaded by whoever hosts it (`registry.load()` or `.start()`)."""
-    from .codecs import dump_json
-    from . import logs
-    from .dataplane import DataPlane
-    from .registry import ModelRegistry
-    from .resources import ROUTES
-
     settings = settings or Settings()
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, ERROR_404_HELP=False)
@@ -78,7 +73,7 @@ def create_app(settings: Settings | None = None, registry=None) -> Flask:
     for resource, urls in ROUTES:
         api.add_resource(resource, *urls)
     app.register_error_handler(Exception, error_response)
-    logs.init_app(app)
+    access.init_app(app)
     return app
 
 

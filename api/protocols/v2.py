@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .codecs import cast, check_instance_shape, check_shape, load_json, to_array
-from .errors import InvalidInput, PayloadTooLarge
+from api.protocols.codecs import cast, check_instance_shape, check_shape, load_json, to_array
+from api.errors import InvalidInput, PayloadTooLarge
+from api.model.signature import ModelSignature
 
 HEADER = "Inference-Header-Content-Length"
 DATATYPES = {
@@ -41,7 +42,7 @@ def parse_header_length(value: str | None, body_length: int) -> int | None:
     return int(value)
 
 
-def parse_infer(body: bytes, header_length: int | None, runtime, settings) -> InferRequest:
+def parse_infer(body: bytes, header_length: int | None, signature: ModelSignature, settings) -> InferRequest:
     json_part, binary = (body[:header_length], body[header_length:]) if header_length else (body, b"")
     document = load_json(json_part, settings.max_json_depth, tensors=True)
     unknown = set(document) - {"id", "parameters", "inputs", "outputs"}
@@ -52,17 +53,17 @@ def parse_infer(body: bytes, header_length: int | None, runtime, settings) -> In
         raise InvalidInput("'id' must be a string")
     inputs = document.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise InvalidInput(f"'inputs' must be a list of exactly one tensor, '{runtime.input.name}'")
-    batch, used = _input_tensor(inputs[0], binary, json_part, runtime, settings)
+        raise InvalidInput(f"'inputs' must be a list of exactly one tensor, '{signature.input.name}'")
+    batch, used = _input_tensor(inputs[0], binary, json_part, signature, settings)
     if used != len(binary):
         raise InvalidInput(f"binary data has {len(binary) - used} bytes no input claims")
     parameters = _object(document.get("parameters", {}), "'parameters'")
     outputs = document["outputs"] if "outputs" in document else ...  # absent: all outputs; null: an error
-    return InferRequest(request_id, batch, _requested_outputs(outputs, parameters, runtime))
+    return InferRequest(request_id, batch, _requested_outputs(outputs, parameters, signature))
 
 
-def _input_tensor(tensor: dict, binary: bytes, json_part: bytes, runtime, settings):
-    spec = runtime.input
+def _input_tensor(tensor: dict, binary: bytes, json_part: bytes, signature: ModelSignature, settings):
+    spec = signature.input
     name, shape, datatype = tensor.get("name"), tensor.get("shape"), tensor.get("datatype")
     if name != spec.name:
         raise InvalidInput(f"unknown input {name!r}; the model's input is '{spec.name}'")
@@ -112,19 +113,19 @@ def _binary_tensor(binary: bytes, size, count: int, dtype: np.dtype, name: str):
     return np.frombuffer(binary, dtype=dtype.newbyteorder("<"), count=count), size
 
 
-def _requested_outputs(outputs, parameters: dict, runtime) -> dict[str, bool]:
+def _requested_outputs(outputs, parameters: dict, signature: ModelSignature) -> dict[str, bool]:
     default_binary = parameters.get("binary_data_output", False)
     if not isinstance(default_binary, bool):
         raise InvalidInput("'binary_data_output' must be true or false")
     if outputs is ...:
-        return {name: default_binary for name in runtime.outputs}
+        return {name: default_binary for name in signature.outputs}
     if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
         raise InvalidInput("'outputs' must be a list of objects with a 'name'")
     requested = {}
     for output in outputs:
         name = output.get("name")
-        if not isinstance(name, str) or name not in runtime.outputs:  # a list or object is unhashable
-            raise InvalidInput(f"unknown output {name!r}; the model's outputs are {sorted(runtime.outputs)}")
+        if not isinstance(name, str) or name not in signature.outputs:  # a list or object is unhashable
+            raise InvalidInput(f"unknown output {name!r}; the model's outputs are {sorted(signature.outputs)}")
         binary = _object(output.get("parameters", {}), f"output '{name}' parameters").get(
             "binary_data", default_binary)
         if not isinstance(binary, bool):
@@ -139,7 +140,7 @@ def _object(value, what: str) -> dict:
     return value
 
 
-def infer_response(runtime, request: InferRequest, outputs: dict[str, np.ndarray]):
+def infer_response(signature: ModelSignature, request: InferRequest, outputs: dict[str, np.ndarray]):
     """The response document and the binary blobs that follow it, in output order."""
     tensors, blobs = [], []
     for name, binary in request.outputs.items():
@@ -152,18 +153,18 @@ def infer_response(runtime, request: InferRequest, outputs: dict[str, np.ndarray
         else:
             tensor["data"] = array.reshape(-1)
         tensors.append(tensor)
-    document = {"model_name": runtime.version.name, "model_version": str(runtime.version.version),
+    document = {"model_name": signature.name, "model_version": str(signature.version),
                 "outputs": tensors}
     if request.id is not None:
         document["id"] = request.id
     return document, blobs
 
 
-def model_metadata(runtime, versions: list[int]) -> dict:
+def model_metadata(signature: ModelSignature, versions: list[int]) -> dict:
     def tensor(info):
         return {"name": info.name, "datatype": V2_NAMES.get(info.dtype, info.dtype.name.upper()),
                 "shape": [-1 if d is None else d for d in info.shape]}
 
-    return {"name": runtime.version.name, "versions": [str(v) for v in versions],
-            "platform": "tensorflow_savedmodel" if runtime.version.format == "saved_model" else "keras",
-            "inputs": [tensor(runtime.input)], "outputs": [tensor(o) for o in runtime.outputs.values()]}
+    return {"name": signature.name, "versions": [str(v) for v in versions],
+            "platform": "tensorflow_savedmodel" if signature.format == "saved_model" else "keras",
+            "inputs": [tensor(i) for i in signature.inputs.values()], "outputs": [tensor(o) for o in signature.outputs.values()]}

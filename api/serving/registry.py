@@ -9,15 +9,27 @@ import logging
 import os
 import platform
 import threading
+from dataclasses import dataclass
 
-from . import metrics
-from .batching import Batcher, event_loop_hooks, native_runner
-from .errors import NotFound, Unavailable
-from .settings import Settings
-from .store import StoreError, list_versions, read_version, select_versions
-from .lifecycle import mark_ready, unmark
+from api import metrics
+from api.batching import Batcher, event_loop_hooks, native_runner
+from api.errors import NotFound, Unavailable
+from api.model.signature import ModelSignature
+from api.model.store import StoreError, list_versions, read_version, select_versions
+from api.process.markers import mark_ready, unmark
+from api.settings import Settings
 
 log = logging.getLogger("api.registry")
+
+
+@dataclass(frozen=True)
+class ServedVersion:
+    """One model version as the worker serves it, built in one place (`ModelRegistry._load_versions`):
+    its signature (what the protocols check requests against), its runtime (the compiled model; its
+    `describe()` and `call_seconds`) and its batcher (every request goes through `batcher.run`)."""
+    signature: ModelSignature
+    runtime: object  # api.runtime.ModelRuntime: not imported here, it imports TensorFlow
+    batcher: Batcher
 
 
 class ModelRegistry:
@@ -27,7 +39,7 @@ class ModelRegistry:
         self.state = "loading"
         self.error = ""
         self.loads = 0
-        self._runtimes: dict = {}
+        self._served: dict[int, ServedVersion] = {}
 
     # -- life cycle -------------------------------------------------------------------------------
     def load(self, run=None, announce: bool = True) -> None:
@@ -37,7 +49,7 @@ class ModelRegistry:
         thread in a gevent worker, so the loop answers 503 "still loading" meanwhile. None: right here.
         """
         try:
-            self._runtimes = self._load_versions(run or _here)
+            self._served = self._load_versions(run or _here)
         except Exception as exc:  # any failure must surface on /ready, not kill the worker silently
             self.state, self.error = "failed", str(exc)
             log.error("model %s failed to load: %s", self.name, exc)
@@ -80,8 +92,10 @@ class ModelRegistry:
         return self.state == "ready"
 
     # -- lookup -----------------------------------------------------------------------------------
-    def get(self, name: str, version: int | None = None):
-        """The runtime for a request, or the error the request ends in."""
+    def get(self, name: str, version: int | None = None) -> ServedVersion:
+        """The version a request names (None: the latest loaded), or the error the request ends in:
+        NotFound (404) for another model or an unloaded version, Unavailable (503) while loading or
+        after a failed load."""
         if name != self.name:
             raise NotFound(f"model '{name}' is not served here (this server serves '{self.name}')")
         if self.state == "loading":
@@ -89,14 +103,14 @@ class ModelRegistry:
         if self.state == "failed":
             raise Unavailable(f"model '{name}' failed to load: {self.error}", retry_after=30)
         if version is None:
-            return self._runtimes[max(self._runtimes)]
-        if version not in self._runtimes:
+            return self._served[max(self._served)]
+        if version not in self._served:
             raise NotFound(f"model '{name}' has no version {version} loaded "
-                           f"(loaded: {', '.join(map(str, sorted(self._runtimes)))})")
-        return self._runtimes[version]
+                           f"(loaded: {', '.join(map(str, sorted(self._served)))})")
+        return self._served[version]
 
     def versions(self) -> list[int]:
-        return sorted(self._runtimes)
+        return sorted(self._served)
 
     # -- internals --------------------------------------------------------------------------------
     def _load_versions(self, run) -> dict:
@@ -109,20 +123,19 @@ class ModelRegistry:
         platform.processor()
         # One call for all of TensorFlow: Keras keeps its state (dtype policy) per thread.
         loaded = run(_load_runtimes, self.settings, self.name, selected, self._warmup_sizes())
-        runtimes = {}
+        served = {}
         for runtime in loaded:
-            number, device = runtime.version.version, runtime.device
+            number, device = runtime.signature.version, runtime.device
             runner, gather = event_loop_hooks(inline=runtime.call_seconds * 1e6 <= self.settings.inline_call_micros)
-            runtime.batcher = Batcher(runtime.infer, self.settings.batch_policy, f"{self.name}-{number}",
-                                      metrics.BatchMetrics(self.name, number), runner, gather)
+            batcher = Batcher(runtime.infer, self.settings.batch_policy, f"{self.name}-{number}",
+                              metrics.BatchMetrics(self.name, number), runner, gather)
             metrics.model_loaded(self.name, number, device, runtime.load_seconds, runtime.warmup_seconds)
             self.loads += 1
             log.info("model loaded name=%s version=%d pid=%d device=%s load_s=%.2f warmup_s=%.2f call_ms=%.2f "
                      "inference=%s", self.name, number, os.getpid(), device, runtime.load_seconds,
-                     runtime.warmup_seconds, runtime.call_seconds * 1e3,
-                     runtime.batcher.mode)
-            runtimes[number] = runtime
-        return runtimes
+                     runtime.warmup_seconds, runtime.call_seconds * 1e3, batcher.mode)
+            served[number] = ServedVersion(runtime.signature, runtime, batcher)
+        return served
 
     def _warmup_sizes(self) -> tuple[int, ...]:
         """Every padded size when padding is on (each is its own XLA program), else the configured ones
@@ -134,7 +147,7 @@ class ModelRegistry:
 
 
 def _load_runtimes(settings: Settings, name: str, numbers: list[int], warmup: tuple[int, ...]) -> list:
-    from .runtime import ModelRuntime, configure_tensorflow  # TensorFlow: in the worker only
+    from api.runtime import ModelRuntime, configure_tensorflow  # TensorFlow: in the worker only
 
     device = configure_tensorflow(settings)
     runtimes = []

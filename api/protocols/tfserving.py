@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .codecs import check_shape, to_array
-from .errors import InvalidInput
-from .images import decode_b64, image_to_instance
+from api.protocols.codecs import check_shape, to_array
+from api.errors import InvalidInput
+from api.model.signature import ModelSignature
+from api.protocols.images import decode_b64, image_to_instance
 
 KEYS = {"instances", "inputs", "signature_name", "top_k"}
 SIGNATURE = "serving_default"
@@ -25,20 +26,20 @@ class PredictRequest:
     top_k: int | None
 
 
-def parse_predict(document: dict, body: bytes, runtime, settings) -> PredictRequest:
+def parse_predict(document: dict, body: bytes, signature: ModelSignature, settings) -> PredictRequest:
     unknown = set(document) - KEYS
     if unknown:
         raise InvalidInput(f"unknown key(s) {sorted(unknown)}; expected 'instances' or 'inputs', "
                            "optionally 'signature_name' and 'top_k'")
     if ("instances" in document) == ("inputs" in document):
         raise InvalidInput("send exactly one of 'instances' (row format) or 'inputs' (columnar format)")
-    signature = document.get("signature_name", SIGNATURE)
-    if signature != SIGNATURE:
-        raise InvalidInput(f"unknown signature_name {signature!r}; this model has '{SIGNATURE}'")
+    signature_name = document.get("signature_name", SIGNATURE)
+    if signature_name != SIGNATURE:
+        raise InvalidInput(f"unknown signature_name {signature_name!r}; this model has '{SIGNATURE}'")
     columnar = "inputs" in document
     key = "inputs" if columnar else "instances"
-    values = _unwrap_named(document[key], runtime.input.name, key)
-    batch = instances_to_batch(values, body, runtime, settings, key)
+    values = _unwrap_named(document[key], signature.input.name, key)
+    batch = instances_to_batch(values, body, signature, settings, key)
     return PredictRequest(batch, columnar, parse_top_k(document.get("top_k"), settings.max_top_k))
 
 
@@ -50,7 +51,7 @@ def parse_top_k(value, limit: int) -> int | None:
     return value
 
 
-def instances_to_batch(values, body: bytes, runtime, settings, what: str) -> np.ndarray:
+def instances_to_batch(values, body: bytes, signature: ModelSignature, settings, what: str) -> np.ndarray:
     """A JSON list of instances (numbers, or b64 images) to one batch array the model accepts.
 
     `values` may also be the ndarray codecs.load_json(tensors=True) made of a list of numbers: the
@@ -62,9 +63,9 @@ def instances_to_batch(values, body: bytes, runtime, settings, what: str) -> np.
         raise InvalidInput(f"'{what}' is empty: send at least one instance")
     if len(values) > settings.max_instances:
         raise InvalidInput(f"'{what}' has {len(values)} instances, over the limit of {settings.max_instances}")
-    spec = runtime.input
+    spec = signature.input
     if isinstance(values, list) and any(isinstance(v, dict) for v in values):
-        rows = [_instance(v, i, runtime, settings, what) for i, v in enumerate(values)]
+        rows = [_instance(v, i, signature, settings, what) for i, v in enumerate(values)]
         if len({row.shape for row in rows}) > 1:  # a None dimension takes any size, but one per batch
             raise InvalidInput(f"'{what}' is ragged: every instance must have the same shape")
         batch = np.stack(rows)
@@ -76,18 +77,18 @@ def instances_to_batch(values, body: bytes, runtime, settings, what: str) -> np.
     return batch
 
 
-def _instance(value, index: int, runtime, settings, what: str) -> np.ndarray:
+def _instance(value, index: int, signature: ModelSignature, settings, what: str) -> np.ndarray:
     where = f"{what}[{index}]"
-    value = _unwrap_named(value, runtime.input.name, where)
+    value = _unwrap_named(value, signature.input.name, where)
     if isinstance(value, dict):
         if set(value) != {"b64"}:
             raise InvalidInput(f"{where}: an object instance must be {{\"b64\": \"...\"}} or "
-                               f"{{\"{runtime.input.name}\": ...}}, got keys {sorted(value)}")
+                               f"{{\"{signature.input.name}\": ...}}, got keys {sorted(value)}")
         data = decode_b64(value["b64"], where)
-        return image_to_instance(data, runtime.version.serving.image, runtime.input.instance_shape,
-                                 settings.max_image_pixels, where).astype(runtime.input.dtype, copy=False)
-    array = to_array([value], runtime.input.dtype, where)[0]
-    check_shape(array[None], runtime.input.instance_shape, where, settings.max_tensor_elements)
+        return image_to_instance(data, signature.image, signature.input.instance_shape,
+                                 settings.max_image_pixels, where).astype(signature.input.dtype, copy=False)
+    array = to_array([value], signature.input.dtype, where)[0]
+    check_shape(array[None], signature.input.instance_shape, where, settings.max_tensor_elements)
     return array
 
 
@@ -137,27 +138,24 @@ def model_status(name: str, versions: list[int], state: str) -> dict:
         for v in versions]}
 
 
-def model_metadata(runtime) -> dict:
-    """`GET /v1/models/<name>/metadata`: TensorFlow Serving's signature_def, plus how we run it."""
+def model_metadata(signature: ModelSignature, runtime: dict) -> dict:
+    """`GET /v1/models/<name>/metadata`: TensorFlow Serving's signature_def, plus how we run it
+    (`runtime`: what the serving core measured, e.g. device, traces, load and warm-up seconds)."""
     def tensor(info):
         return {"dtype": "DT_" + _TF_DTYPES.get(info.dtype.name, info.dtype.name.upper()),
                 "tensor_shape": {"dim": [{"size": str(-1 if d is None else d), "name": ""}
                                          for d in info.shape], "unknown_rank": False},
                 "name": info.name}
 
-    version = runtime.version
     return {
-        "model_spec": {"name": version.name, "signature_name": "", "version": str(version.version)},
+        "model_spec": {"name": signature.name, "signature_name": "", "version": str(signature.version)},
         "metadata": {"signature_def": {"signature_def": {SIGNATURE: {
-            "inputs": {runtime.input.name: tensor(runtime.input)},
-            "outputs": {name: tensor(info) for name, info in runtime.outputs.items()},
+            "inputs": {name: tensor(info) for name, info in signature.inputs.items()},
+            "outputs": {name: tensor(info) for name, info in signature.outputs.items()},
             "method_name": "tensorflow/serving/predict",
         }}}},
-        "runtime": {"format": version.format, "device": runtime.device, "xla": runtime.xla,
-                    "mixed_precision": runtime.mixed_precision, "labels": list(version.labels),
-                    "image": version.serving.image.model_dump(), "traces": runtime.traces,
-                    "load_seconds": round(runtime.load_seconds, 3),
-                    "warmup_seconds": round(runtime.warmup_seconds, 3)},
+        "runtime": {"format": signature.format, "labels": list(signature.labels),
+                    "image": signature.image.model_dump(), **runtime},
     }
 
 

@@ -10,8 +10,8 @@ import re
 import numpy as np
 import orjson
 
-from . import fastjson
-from .errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from api.protocols import fastjson
+from api.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 JSON_TYPES = ("application/json",)
 _OPEN = np.zeros(256, dtype=np.int8)

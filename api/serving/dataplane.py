@@ -1,4 +1,4 @@
-"""Protocol logic between HTTP and the model: find the runtime, parse, infer, shape the answer.
+"""Protocol logic between HTTP and the model: find the served version, parse, infer, shape the answer.
 
 The HTTP resources call these methods with bytes and headers and send back what they return;
 nothing here touches Flask, and nothing in the resources touches numpy or TensorFlow.
@@ -8,12 +8,13 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from . import tfserving, v2
-from .codecs import dump_json, load_json, require_json
-from .errors import Unavailable
-from .lifecycle import is_draining
-from .registry import ModelRegistry
-from .settings import Settings
+from api.errors import Unavailable
+from api.process.markers import is_draining
+from api.protocols import tfserving, v2
+from api.protocols.codecs import dump_json, load_json, require_json
+from api.serving.registry import ModelRegistry, ServedVersion
+from api.settings import Settings
+from api.version import __version__
 
 
 @dataclass(slots=True)
@@ -64,33 +65,33 @@ class DataPlane:
 
     def tfserving_predict(self, name: str, version: int | None, body: bytes, content_type: str | None,
                 call: Call | None = None) -> dict:
-        runtime = self.registry.get(name, version)
+        served = self.registry.get(name, version)
         require_json(content_type)
         document = load_json(body, self.settings.max_json_depth, tensors=True)
-        request = tfserving.parse_predict(document, body, runtime, self.settings)
-        outputs = self._run(runtime, request.batch, call)
-        return tfserving.predict_response(outputs, request, runtime.version.labels)
+        request = tfserving.parse_predict(document, body, served.signature, self.settings)
+        outputs = self._run(served, request.batch, call)
+        return tfserving.predict_response(outputs, request, served.signature.labels)
 
     def infer(self, name: str, version: int | None, body: bytes, content_type: str | None,
               header_length: str | None, call: Call | None = None) -> tuple[bytes, dict[str, str]]:
         """A v2 inference: the response body and its headers (binary outputs follow the JSON)."""
-        runtime = self.registry.get(name, version)
+        served = self.registry.get(name, version)
         length = v2.parse_header_length(header_length, len(body))
         if length is None:
             require_json(content_type)
-        request = v2.parse_infer(body, length, runtime, self.settings)
-        outputs = self._run(runtime, request.batch, call)
-        document, blobs = v2.infer_response(runtime, request, outputs)
+        request = v2.parse_infer(body, length, served.signature, self.settings)
+        outputs = self._run(served, request.batch, call)
+        document, blobs = v2.infer_response(served.signature, request, outputs)
         head = dump_json(document)
         if not blobs:
             return head, {"Content-Type": "application/json"}
         return head + b"".join(blobs), {"Content-Type": "application/octet-stream",
                                         v2.HEADER: str(len(head))}
 
-    def _run(self, runtime, batch, call: Call | None):
+    def _run(self, served: ServedVersion, batch, call: Call | None):
         call = call or Call(time.monotonic() + self.settings.request_timeout)
-        call.model, call.version, call.instances = runtime.version.name, runtime.version.version, len(batch)
-        return runtime.batcher.run(batch, call.deadline, call.client_gone, call.start_by)
+        call.model, call.version, call.instances = served.signature.name, served.signature.version, len(batch)
+        return served.batcher.run(batch, call.deadline, call.client_gone, call.start_by)
 
     # -- status and metadata ----------------------------------------------------------------------
     def model_status(self, name: str) -> dict:
@@ -98,20 +99,17 @@ class DataPlane:
         return tfserving.model_status(name, self.registry.versions(), self.registry.state)
 
     def tf_metadata(self, name: str, version: int | None) -> dict:
-        runtime = self.registry.get(name, version)
-        metadata = tfserving.model_metadata(runtime)
-        metadata["runtime"].update(worker_pid=os.getpid(), model_loads=self.registry.loads,
-                                   batching={**runtime.batcher.policy_dict(), **runtime.batcher.stats.as_dict(),
-                                             "queued_instances": runtime.batcher.queued,
-                                             "inference_on": runtime.batcher.mode,
-                                             "call_ms": round(runtime.call_seconds * 1e3, 3)})
-        return metadata
+        served = self.registry.get(name, version)
+        batcher = served.batcher
+        return tfserving.model_metadata(served.signature, {
+            **served.runtime.describe(), "worker_pid": os.getpid(), "model_loads": self.registry.loads,
+            "batching": {**batcher.policy_dict(), **batcher.stats.as_dict(), "queued_instances": batcher.queued,
+                         "inference_on": batcher.mode, "call_ms": round(served.runtime.call_seconds * 1e3, 3)}})
 
     def v2_metadata(self, name: str, version: int | None) -> dict:
-        return v2.model_metadata(self.registry.get(name, version), self.registry.versions())
+        return v2.model_metadata(self.registry.get(name, version).signature, self.registry.versions())
 
     def server_metadata(self) -> dict:
-        from . import __version__
         return {"name": "keras-serving", "version": __version__, "extensions": v2.EXTENSIONS}
 
     def readiness(self) -> dict:

@@ -9,53 +9,18 @@ their model is warm; the master reads them to decide three things:
 - when a worker past its request limit may stop, see `Recycler` and `recycle_requested`.
 A stop first turns readiness off for the whole server (`<run_dir>/draining`), see `drain_then_stop`.
 """
-import itertools
-import os
 import queue
-import random
 import signal
 import time
 from pathlib import Path
 
-
-def ready_marker(run_dir: Path, pid: int) -> Path:
-    return run_dir / "ready" / str(pid)
-
-
-def clear_markers(run_dir: Path) -> None:
-    """Forget readiness, recycle requests and draining left by an earlier run: those pids are gone."""
-    for folder in (ready_marker(run_dir, 0).parent, recycle_marker(run_dir, 0).parent):
-        folder.mkdir(parents=True, exist_ok=True)
-        for marker in folder.iterdir():
-            marker.unlink(missing_ok=True)
-    stop_draining(run_dir)
-
-
-def is_ready(run_dir: Path, pid: int) -> bool:
-    return ready_marker(run_dir, pid).exists()
+from api.process.markers import is_draining, is_ready, recycle_marker, start_draining
 
 
 def accepts_before_ready(server, run_dir: Path) -> bool:
     """At a cold start workers accept at once (and answer 503 while loading); a replacement for a
     worker that died or is being reloaded has warm siblings, so it loads first and accepts after."""
     return not any(is_ready(run_dir, pid) for pid in server.WORKERS)
-
-
-def draining_marker(run_dir: Path) -> Path:
-    return run_dir / "draining"
-
-
-def start_draining(run_dir: Path) -> None:
-    """From now on every worker's /ready answers 503: the server is stopping."""
-    draining_marker(run_dir).write_text(f"{time.time():.3f}\n")
-
-
-def is_draining(run_dir: Path) -> bool:
-    return draining_marker(run_dir).exists()
-
-
-def stop_draining(run_dir: Path) -> None:
-    draining_marker(run_dir).unlink(missing_ok=True)
 
 
 def drain_then_stop(server, run_dir: Path, seconds: float) -> None:
@@ -125,33 +90,6 @@ def _replace(server, run_dir: Path, pid: int, timeout: float) -> bool:
     return True
 
 
-def recycle_marker(run_dir: Path, pid: int) -> Path:
-    return run_dir / "recycle" / str(pid)
-
-
-class Recycler:
-    """In a worker: counts its requests and, past its limit (plus jitter, so that siblings started
-    together do not recycle together), asks the master for a warm successor, once.
-
-    gunicorn's own max_requests makes the worker exit at once, and its replacement then loads a model
-    for seconds; with jitter too small or unlucky, every worker is loading at the same time.
-    """
-
-    def __init__(self, run_dir: Path, limit: int, jitter: int):
-        self.run_dir = run_dir
-        self.limit = limit + random.randint(0, jitter) if limit else 0
-        self._served = itertools.count(1)  # next() is atomic under the GIL: request threads share it
-        self.asked = False
-
-    def served_one(self) -> None:
-        if self.limit and next(self._served) >= self.limit and not self.asked:
-            self.asked = True
-            marker = recycle_marker(self.run_dir, os.getpid())
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(f"{self.limit}\n")
-            os.kill(os.getppid(), signal.SIGTTIN)
-
-
 def recycle_requested(server, run_dir: Path, timeout: float) -> None:
     """SIGTTIN, sent by a worker past its request limit: replace every worker that asked, each stopping
     once its successor is warm. (gunicorn's TTIN would add a worker; the count is a setting here.)"""
@@ -175,72 +113,3 @@ def _wait_ready(server, run_dir: Path, pid: int, timeout: float) -> bool:
         time.sleep(0.05)
     return False
 
-
-def mark_ready(run_dir: Path) -> None:
-    marker = ready_marker(run_dir, os.getpid())
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"{time.time():.3f}\n")
-
-
-def unmark(run_dir: Path, pid: int | None = None) -> None:
-    ready_marker(run_dir, pid or os.getpid()).unlink(missing_ok=True)
-
-
-def forget(run_dir: Path, pid: int) -> None:
-    """A worker exited: it is neither ready nor waiting to be recycled."""
-    unmark(run_dir, pid)
-    recycle_marker(run_dir, pid).unlink(missing_ok=True)
-
-
-class _Capture:
-    """A stand-in socket that keeps what gunicorn writes to it."""
-
-    def __init__(self):
-        self.data = b""
-
-    def sendall(self, data: bytes) -> None:
-        self.data += data
-
-
-def one_write_responses() -> None:
-    """Make gunicorn send a response's headers and body in one write, in this worker.
-
-    gunicorn writes the headers, then the body. A worker killed between the two leaves nginx holding
-    headers it has already passed on, so it cannot retry the request elsewhere and the client gets a
-    truncated answer (seen under SIGKILL tests). One write of a response that fits the socket buffer is
-    all or nothing: nginx either gets the whole answer or none, and then retries.
-    """
-    from gunicorn import util
-    from gunicorn.http import wsgi
-
-    class OneWriteResponse(wsgi.Response):
-        _pending = b""
-
-        def send_headers(self):
-            if self.headers_sent:
-                return
-            real, self.sock = self.sock, _Capture()
-            try:
-                super().send_headers()
-            finally:
-                self._pending, self.sock = self.sock.data, real
-
-        def _emit_body(self, data):
-            pending, self._pending = self._pending, b""
-            if pending and not self.chunked:
-                util.write(self.sock, pending + data)
-                return
-            self._flush(pending)
-            super()._emit_body(data)
-
-        def close(self):
-            self.send_headers()  # a response with no body item still has headers to send
-            self._flush(self._pending)
-            self._pending = b""
-            super().close()
-
-        def _flush(self, pending: bytes) -> None:
-            if pending:
-                util.write(self.sock, pending)
-
-    wsgi.Response = OneWriteResponse

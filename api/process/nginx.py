@@ -1,6 +1,6 @@
 """Render nginx's config from the settings: one template set for instances and for local runs.
 
-    python scripts/render_nginx.py OUT_DIR [--local]
+    keras-serving render-nginx OUT_DIR [--local]
 
 Writes OUT_DIR/site.conf (with proxy.conf and errors.conf beside it); with --local also
 OUT_DIR/nginx.conf, a main config that runs nginx under OUT_DIR as its prefix, in the foreground.
@@ -15,7 +15,7 @@ import jinja2
 
 from api.settings import Settings
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "nginx"
+TEMPLATES = Path(__file__).resolve().parents[2] / "nginx"  # the repository's nginx/ folder
 
 
 def context(settings: Settings, out_dir: Path, access_log: str, error_log: str) -> dict:

@@ -2,8 +2,8 @@
 from flask import Response, current_app, g, request
 from flask_restful import Resource
 
-from .batching import socket_closed
-from .errors import PayloadTooLarge
+from api.errors import PayloadTooLarge
+from api.http.client import socket_closed
 
 
 def plane():
@@ -101,14 +101,14 @@ class Metrics(Resource):
     """`/metrics`: Prometheus text, every worker summed. nginx serves it on the instance-only port alone."""
 
     def get(self):
-        from .metrics import exposition
+        from api.metrics import exposition
         body, content_type = exposition()
         return Response(body, 200, content_type=content_type)
 
 
 class OpenAPI(Resource):
     def get(self):
-        from .openapi import document
+        from api.http.openapi import document
         return document()
 
 

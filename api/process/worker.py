@@ -1,0 +1,87 @@
+"""Code a gunicorn worker runs for its own life cycle: counting requests towards its recycling, and
+sending each response in one write. Imports neither Flask nor TensorFlow (gunicorn.conf.py's hooks)."""
+import itertools
+import os
+import random
+import signal
+from pathlib import Path
+
+from api.process.markers import recycle_marker
+
+
+class Recycler:
+    """In a worker: counts its requests and, past its limit (plus jitter, so that siblings started
+    together do not recycle together), asks the master for a warm successor, once.
+
+    gunicorn's own max_requests makes the worker exit at once, and its replacement then loads a model
+    for seconds; with jitter too small or unlucky, every worker is loading at the same time.
+    """
+
+    def __init__(self, run_dir: Path, limit: int, jitter: int):
+        self.run_dir = run_dir
+        self.limit = limit + random.randint(0, jitter) if limit else 0
+        self._served = itertools.count(1)  # next() is atomic under the GIL: request threads share it
+        self.asked = False
+
+    def served_one(self) -> None:
+        if self.limit and next(self._served) >= self.limit and not self.asked:
+            self.asked = True
+            marker = recycle_marker(self.run_dir, os.getpid())
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(f"{self.limit}\n")
+            os.kill(os.getppid(), signal.SIGTTIN)
+
+
+class _Capture:
+    """A stand-in socket that keeps what gunicorn writes to it."""
+
+    def __init__(self):
+        self.data = b""
+
+    def sendall(self, data: bytes) -> None:
+        self.data += data
+
+
+def one_write_responses() -> None:
+    """Make gunicorn send a response's headers and body in one write, in this worker.
+
+    gunicorn writes the headers, then the body. A worker killed between the two leaves nginx holding
+    headers it has already passed on, so it cannot retry the request elsewhere and the client gets a
+    truncated answer (seen under SIGKILL tests). One write of a response that fits the socket buffer is
+    all or nothing: nginx either gets the whole answer or none, and then retries.
+    """
+    from gunicorn import util
+    from gunicorn.http import wsgi
+
+    class OneWriteResponse(wsgi.Response):
+        _pending = b""
+
+        def send_headers(self):
+            if self.headers_sent:
+                return
+            real, self.sock = self.sock, _Capture()
+            try:
+                super().send_headers()
+            finally:
+                self._pending, self.sock = self.sock.data, real
+
+        def _emit_body(self, data):
+            pending, self._pending = self._pending, b""
+            if pending and not self.chunked:
+                util.write(self.sock, pending + data)
+                return
+            self._flush(pending)
+            super()._emit_body(data)
+
+        def close(self):
+            self.send_headers()  # a response with no body item still has headers to send
+            self._flush(self._pending)
+            self._pending = b""
+            super().close()
+
+        def _flush(self, pending: bytes) -> None:
+            if pending:
+                util.write(self.sock, pending)
+
+    wsgi.Response = OneWriteResponse
+
