@@ -17,7 +17,7 @@ def measure(store, name: str, batches: list[int], seconds: float, threads: int) 
     import numpy as np
 
     from api.runtime import ModelRuntime, configure_tensorflow
-    from api.store import list_versions, read_version
+    from api.model.store import list_versions, read_version
 
     store = Path(store)
     settings = Settings(model_store=store, model_name=name, workers=1, intra_op_threads=threads)

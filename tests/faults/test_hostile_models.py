@@ -228,8 +228,8 @@ NAMED = {  # id: (config edit given the canary and the tmp folder, the name it r
         lambda canary, tmp: after_dense({"module": "subprocess", "class_name": "Popen",
                                          "config": {"name": "payload", "args": ["touch", str(canary)]}}),
         "Popen", r"Could not locate class 'Popen'"),
-    "our own scripts.train_digits.train in a Lambda": (
-        lambda canary, tmp: after_dense(lambda_layer(function("scripts.train_digits", "train"),
+    "our own api.training.train in a Lambda": (
+        lambda canary, tmp: after_dense(lambda_layer(function("api.training", "train"),
                                                      {"folder": str(canary)})),
         "train", r"Could not locate function 'train'"),
     "keras.utils.get_file in a Lambda": (
