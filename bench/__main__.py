@@ -12,7 +12,6 @@ One server runs at a time: on two cores, two servers measured at once measure no
 """
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -21,8 +20,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench import ray_peer, wrk
+from bench.harness import ROOT, log, machine
 from bench.models import digits_body, digits_store, resnet_jpeg_body, resnet_json_body, resnet_store
-from bench.servers import ROOT, OurStack, Peer, RayServe
+from bench.servers import OurStack, Peer, RayServe
 
 DEFAULT_PEERS = ROOT.parent / "shared" / "peers"
 PLANS = {
@@ -37,10 +37,6 @@ PLANS = {
                  "inprocess_batches": "1,8,16,32",
                  "ray": {"RAY_REPLICAS": "2", "TF_THREADS": "1", "MAX_BATCH": "32", "BATCH_WAIT_S": "0.01"}},
 }
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def inprocess(store: Path, model: str, batches: str, seconds: float) -> dict:
@@ -184,13 +180,12 @@ def main(argv=None) -> int:
     for model in args.models.split(","):
         store = digits_store(args.store) if model == "digits" else resnet_store(args.store)
         reports.append(bench_model(model, store, work, args.peers, args.quick, ray_python))
-    machine = (f"{platform.node()}: {platform.processor() or platform.machine()}, "
-               f"{len(__import__('os').sched_getaffinity(0))} cores, Python {platform.python_version()}")
-    output = [f"# make bench, {time.strftime('%Y-%m-%d %H:%M')}, {machine}", ""]
+    host = machine()
+    output = [f"# make bench, {time.strftime('%Y-%m-%d %H:%M')}, {host}", ""]
     output += [table(r) + "\n" for r in reports]
     print("\n".join(output))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine, "reports": reports}, indent=1))
+    args.out.write_text(json.dumps({"machine": host, "reports": reports}, indent=1))
     log(f"figures written to {args.out}; logs in {work}")
     return 0
 

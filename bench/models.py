@@ -1,6 +1,6 @@
 """The models and request bodies the benchmark uses, all made locally (no download).
 
-- digits: the default model, trained by scripts/train_digits.py; one held-out digit per request.
+- digits: the default model, trained by api/training.py; one held-out digit per request.
 - resnet50: `keras.applications.ResNet50(weights=None)`, random weights: ImageNet-sized compute with
   nothing fetched. Sent as JSON instances (224x224x3 floats, ~1.3 MB) and as a base64 JPEG.
 """
@@ -20,7 +20,7 @@ RESNET_SERVING = {"image": {"color_mode": "RGB", "resize": "bilinear", "scale": 
 
 def digits_store(store: Path) -> Path:
     if not (store / "digits" / "1" / "model.keras").exists():
-        subprocess.run([sys.executable, "scripts/train_digits.py", str(store)], cwd=ROOT, check=True)
+        subprocess.run([sys.executable, "-m", "api.cli", "train-digits", str(store)], cwd=ROOT, check=True)
     return store
 
 

@@ -9,14 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench.harness import log
+
 DEFAULT_VENV = Path.home() / ".cache" / "keras-serving" / "bench-venv-ray"
 PIP = "pip==26.3"  # the Makefile's
 REQUIREMENTS = ["ray[serve]==2.60.0", "tensorflow-cpu==2.21.0", "keras==3.15.1", "orjson==3.13.0",
                 "numpy==2.4.6"]  # numpy: the version requirements.txt pins, which tensorflow 2.21 takes
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def haproxy() -> str | None:

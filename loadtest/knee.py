@@ -6,11 +6,12 @@ before p95 bends up or requests start failing.
 Reads locust's stats history (one "Aggregated" row a second, its rates and percentiles over the last
 10 seconds), so each step should last 15 seconds or more (`--shape step -t` over `--steps`).
 """
-import csv
 import sys
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
+
+from loadtest import reports
 
 SETTLED_SECONDS = 5
 """Rows a user count must last to be a step rather than a moment of the ramp between two."""
@@ -55,9 +56,7 @@ def knee(found: list[Step]) -> Step | None:
 
 
 def main(argv=None) -> int:
-    path = Path((argv or sys.argv[1:])[0])
-    with path.open(newline="") as file:
-        found = steps(list(csv.DictReader(file)))
+    found = steps(reports.rows(Path((argv or sys.argv[1:])[0])))
     print(" users     req/s  failed/s  p50 ms   p95 ms   p99 ms")
     for step in found:
         print(step.line())

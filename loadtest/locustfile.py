@@ -6,20 +6,19 @@ Every user reads the served model's metadata first, so the same file loads any o
 """
 import logging
 import random
-import sys
-from pathlib import Path
 
 import requests
 from locust import FastHttpUser, LoadTestShape, events, task
 from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # locust puts only this folder on the path
-
-from loadtest import answers, gates, shapes  # noqa: E402
-from loadtest.bad_requests import BadRequest, corpus  # noqa: E402
-from loadtest.model import ServedModel, from_metadata  # noqa: E402
-from loadtest.payloads import Payloads, digits  # noqa: E402
+# The loadtest package is installed into the virtualenv (make install: pip install -e .); locust itself
+# puts only this folder on the path.
+from loadtest import answers, gates, shapes
+from loadtest.bad_requests import BadRequest, corpus
+from loadtest.mix import MIX
+from loadtest.model import ServedModel, from_metadata
+from loadtest.payloads import Body, Payloads, digits
 
 JSON = {"Content-Type": "application/json"}
 log = logging.getLogger("loadtest")
@@ -80,11 +79,16 @@ def read_served_model(environment, **kwargs) -> None:
 
 class ModelUser(FastHttpUser):
     """geventhttpclient rather than requests: the client often shares the server's cores, and spends
-    several times less CPU per request this way."""
+    several times less CPU per request this way. Each class's `weight` and `think_factor` are its share of
+    the user mix, declared in loadtest/mix.py by class name."""
     abstract = True
     network_timeout = 35.0  # past the server's own 30 s request timeout: its 504 is what gets counted
     connection_timeout = 5.0
     think_factor = 1.0
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.weight, cls.think_factor = MIX[cls.__name__]  # KeyError: a user class missing from the mix
 
     def wait_time(self) -> float:
         mean = self.environment.parsed_options.think_time * self.think_factor
@@ -102,56 +106,51 @@ class ModelUser(FastHttpUser):
             else:
                 answer.success()
 
+    def predict(self, path: str, bodies: list[Body], name: str, **expected) -> None:
+        """One of `bodies`, right when it gets a prediction per instance (`expected`: check_predict's key,
+        top_k)."""
+        body = random.choice(bodies)
+        self.send(path, body.data, name,
+                  lambda status, data: answers.check_predict(status, data, body.rows, **expected))
+
 
 class PredictUser(ModelUser):
     """The bulk of real traffic: `POST /predict`, mostly one instance, sometimes a handful."""
-    weight = 4
 
     @task(4)
     def one_instance(self) -> None:
-        body = random.choice(Traffic.payloads.one)
-        self.send("/predict", body.data, "predict: one instance",
-                  lambda status, data: answers.check_predict(status, data, body.rows))
+        self.predict("/predict", Traffic.payloads.one, "predict: one instance")
 
     @task(1)
     def small_batch(self) -> None:
-        body = random.choice(Traffic.payloads.batches)
-        self.send("/predict", body.data, "predict: small batch",
-                  lambda status, data: answers.check_predict(status, data, body.rows))
+        self.predict("/predict", Traffic.payloads.batches, "predict: small batch")
 
 
 class ImageUser(ModelUser):
     """Uploads: a base64 PNG, larger than the model's input, asking for the best labels."""
-    weight = 2
 
     @task
     def upload(self) -> None:
-        body, top_k = random.choice(Traffic.payloads.uploads), Traffic.payloads.top_k
         name = "predict: b64 image, top_k" if Traffic.model.color_mode else "predict: top_k (no image input)"
-        self.send("/predict", body.data, name,
-                  lambda status, data: answers.check_predict(status, data, body.rows, top_k=top_k))
+        self.predict("/predict", Traffic.payloads.uploads, name, top_k=Traffic.payloads.top_k)
 
 
 class TFServingUser(ModelUser):
     """Existing TensorFlow Serving clients: row and columnar bodies on the model's own route."""
-    weight = 1
 
     @task
     def rows(self) -> None:
-        body = random.choice(Traffic.payloads.batches)
-        self.send(f"/v1/models/{Traffic.model.name}:predict", body.data, "tfserving: predict rows",
-                  lambda status, data: answers.check_predict(status, data, body.rows))
+        self.predict(f"/v1/models/{Traffic.model.name}:predict", Traffic.payloads.batches,
+                     "tfserving: predict rows")
 
     @task
     def columns(self) -> None:
-        body = random.choice(Traffic.payloads.columnar)
-        self.send(f"/v1/models/{Traffic.model.name}:predict", body.data, "tfserving: predict columns",
-                  lambda status, data: answers.check_predict(status, data, body.rows, key="outputs"))
+        self.predict(f"/v1/models/{Traffic.model.name}:predict", Traffic.payloads.columnar,
+                     "tfserving: predict columns", key="outputs")
 
 
 class V2User(ModelUser):
     """KServe v2 / Triton clients, JSON tensors."""
-    weight = 1
 
     @task
     def infer(self) -> None:
@@ -163,8 +162,6 @@ class V2User(ModelUser):
 class BadRequestUser(ModelUser):
     """Clients that get it wrong, a few percent of requests: each must be refused with its 4xx and a
     JSON error, and counts as a success only then."""
-    weight = 1
-    think_factor = 4.0
 
     @task
     def bad_request(self) -> None:

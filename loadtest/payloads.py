@@ -25,7 +25,7 @@ UPSCALE_UP_TO = 64
 
 @cache
 def digits() -> np.ndarray:
-    """The bundled digits scaled as scripts/train_digits.py trains on them: ink 0..16 to [0, 1], [n, 8, 8, 1]
+    """The bundled digits scaled as api/training.py trains on them: ink 0..16 to [0, 1], [n, 8, 8, 1]
     (not imported from there: it imports TensorFlow)."""
     from sklearn.datasets import load_digits
     return (load_digits().images / 16.0).astype("float32")[..., None]

@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from loadtest.reports import PREFIX
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "loadtest" / "locust.conf"
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
@@ -49,7 +51,7 @@ def main(argv=None) -> int:
     args.report_dir.mkdir(parents=True, exist_ok=True)
     # --csv-full-history: without it the history's percentiles are the run's so far, not the last 10 s,
     # and a step run's curve (loadtest/knee.py) flattens.
-    command = locust("--host", args.host, "--csv", str(args.report_dir / "loadtest"), "--csv-full-history",
+    command = locust("--host", args.host, "--csv", str(args.report_dir / PREFIX), "--csv-full-history",
                      "--html", str(args.report_dir / "report.html"), *locust_flags)
     if args.workers < 1:
         return subprocess.call(command)

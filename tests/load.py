@@ -7,25 +7,26 @@ from collections import Counter
 
 import requests
 
+from bench.harness import wait_until
+
+__all__ = ["REPORTS", "Background", "HealthCheck", "Load", "wait_until"]
+
 # Every report of the run, printed again in pytest's terminal summary (tests/conftest.py), so CI's log
 # shows the counts even though pytest captures the output of passing tests.
 REPORTS: list[str] = []
 
 
-class Load:
-    def __init__(self, url: str, body: dict, clients: int = 32, timeout: float = 30.0, on_answer=None,
-                 source_address: str | None = None):
-        self.url, self.body, self.clients, self.timeout = url, body, clients, timeout
-        self.source_address = source_address  # e.g. 127.0.0.2: another client than an attacker on 127.0.0.1
-        self.on_answer = on_answer  # called with every 200 answer, e.g. to see which model version served
-        self.routing = threading.Event()  # cleared: no new request is sent (a load balancer deregistered us)
-        self.routing.set()
-        self.outcomes: Counter = Counter()
-        self.latencies: list[float] = []
-        self.failures: list[str] = []
+class Background:
+    """`count` daemon threads running `self._run` from the start of a `with` block to its end (or `stop()`),
+    each of them until `self._stop` is set; `stop` waits up to `join_s` seconds for each."""
+
+    def __init__(self, count: int = 1, join_s: float | None = 5.0):
+        self.join_s = join_s
         self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(count)]
+
+    def _run(self) -> None:
+        raise NotImplementedError
 
     def __enter__(self):
         for thread in self._threads:
@@ -38,9 +39,24 @@ class Load:
     def stop(self) -> None:
         self._stop.set()
         for thread in self._threads:
-            thread.join(self.timeout + 5)
+            thread.join(self.join_s)
 
-    def _client(self) -> None:
+
+class Load(Background):
+    def __init__(self, url: str, body: dict, clients: int = 32, timeout: float = 30.0, on_answer=None,
+                 source_address: str | None = None):
+        super().__init__(clients, join_s=timeout + 5)
+        self.url, self.body, self.clients, self.timeout = url, body, clients, timeout
+        self.source_address = source_address  # e.g. 127.0.0.2: another client than an attacker on 127.0.0.1
+        self.on_answer = on_answer  # called with every 200 answer, e.g. to see which model version served
+        self.routing = threading.Event()  # cleared: no new request is sent (a load balancer deregistered us)
+        self.routing.set()
+        self.outcomes: Counter = Counter()
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+        self._lock = threading.Lock()
+
+    def _run(self) -> None:
         session = requests.Session()
         if self.source_address:
             session.mount("http://", _FromAddress(self.source_address))
@@ -92,34 +108,17 @@ class _FromAddress(requests.adapters.HTTPAdapter):
         super().init_poolmanager(*args, source_address=(self.address, 0), **kwargs)
 
 
-def wait_until(condition, timeout: float = 60.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(what)
-        time.sleep(0.05)
-
-
-class HealthCheck:
+class HealthCheck(Background):
     """A load balancer's health check, fast: polls `url`; after `unhealthy` answers in a row that are not
     200 it stops routing `load`'s new requests (requests already sent still finish)."""
 
     def __init__(self, url: str, load: Load, interval: float = 0.1, unhealthy: int = 2):
+        super().__init__()
         self.url, self.load, self.interval, self.unhealthy = url, load, interval, unhealthy
         self.first_unhealthy_at: float | None = None
         self.deregistered_at: float | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
 
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(5)
-
-    def _poll(self) -> None:
+    def _run(self) -> None:
         in_a_row = 0
         while not self._stop.is_set() and self.deregistered_at is None:
             try:

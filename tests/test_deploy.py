@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import requests
 import yaml
 
 from api.settings import Settings
+from bench.harness import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -256,12 +256,6 @@ def test_loadtest_needs_a_url_or_a_stack():
 
 
 # -- provisioning, for real, under a throwaway root -------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _provision(root: Path, store: Path, port: int, status_port: int, **extra) -> subprocess.CompletedProcess:
     user = subprocess.run(["id", "-un"], capture_output=True, text=True).stdout.strip()
     args = ["--root", root, "--cpu", "--user", user, "--port", port, "--status-port", status_port,
@@ -279,7 +273,7 @@ def instance(store, tmp_path_factory):
     if not shutil.which("nginx") and not Path("/usr/sbin/nginx").exists():
         pytest.skip("nginx is not installed: make system-deps")
     root = tmp_path_factory.mktemp("instance")
-    ports = (_free_port(), _free_port())
+    ports = (free_port(), free_port())
     result = _provision(root, store, *ports)
     assert result.returncode == 0, result.stdout + result.stderr
     return root, store, ports
@@ -381,6 +375,6 @@ def test_provisioned_instance_serves_predict_through_nginx(instance, digits):
 
 def test_wait_ready_gives_up_on_a_dead_address():
     started = time.monotonic()
-    result = run(IMAGE / "wait-ready.sh", f"http://127.0.0.1:{_free_port()}/ready", 3)
+    result = run(IMAGE / "wait-ready.sh", f"http://127.0.0.1:{free_port()}/ready", 3)
     assert result.returncode == 1 and "not ready" in result.stderr
     assert time.monotonic() - started < 15

@@ -5,7 +5,6 @@ then the plain parts alone: gates, shapes, payloads, the bad-request corpus, the
 Locust runs only as a subprocess: it monkey-patches the standard library with gevent on import.
 """
 import base64
-import csv
 import io
 import subprocess
 import sys
@@ -18,22 +17,13 @@ import requests
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from loadtest import answers, gates, knee, shapes
+from loadtest import answers, gates, knee, reports, shapes
 from loadtest.bad_requests import corpus
+from loadtest.mix import MIX
 from loadtest.model import from_metadata
 from loadtest.payloads import Payloads, png_b64, sample_instances
 from tests.models import build_slow_model
 from tests.servers import ROOT, Stack, free_port
-
-# The request names of each user class in locustfile.py, as locust's CSV lists them.
-REQUESTS_OF_USER_CLASS = {
-    "PredictUser": ["predict: one instance", "predict: small batch"],
-    "ImageUser": ["predict: b64 image, top_k"],
-    "TFServingUser": ["tfserving: predict rows", "tfserving: predict columns"],
-    "V2User": ["v2: infer"],
-    "BadRequestUser": ["bad: "],  # one name per kind of bad request; any of them
-}
-
 
 class LocustRun:
     """`python -m loadtest.run` (what `make loadtest` runs) to completion: exit code, output, CSV report."""
@@ -46,8 +36,7 @@ class LocustRun:
 
     @property
     def stats(self) -> dict[str, dict]:
-        with (self.reports / "loadtest_stats.csv").open(newline="") as file:
-            return {row["Name"]: row for row in csv.DictReader(file)}
+        return {row["Name"]: row for row in reports.rows(self.reports / f"{reports.PREFIX}_stats.csv")}
 
     def gate_line(self, name: str) -> str:
         (line,) = [line for line in self.output.splitlines() if line.strip().startswith(name)]
@@ -55,8 +44,8 @@ class LocustRun:
 
     def names_of_user_classes_missing(self) -> list[str]:
         names = [name for name in self.stats if name != "Aggregated"]
-        return [user for user, requests_of in REQUESTS_OF_USER_CLASS.items()
-                if not all(any(name.startswith(wanted) for name in names) for wanted in requests_of)]
+        return [user for user, share in MIX.items()
+                if not all(any(name.startswith(wanted) for name in names) for wanted in share.requests)]
 
 
 # -- the real locust against the real stack ---------------------------------------------------------------

@@ -28,7 +28,7 @@ def drain_then_stop(server, run_dir: Path, seconds: float) -> None:
     and health checks see it and stop sending, then gunicorn's graceful stop (in-flight requests finish).
 
     gunicorn's own TERM closes the listening socket at once, resetting every connection still in its
-    backlog. When the stack's runner (scripts/run_stack.py) has already drained, there is no second wait.
+    backlog. When the stack's runner (api/process/stack.py) has already drained, there is no second wait.
     """
     if not is_draining(run_dir):
         start_draining(run_dir)

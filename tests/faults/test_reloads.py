@@ -2,19 +2,18 @@
 and workers past their request limit are replaced, with no request failed and none waiting for a
 model load. Each test prints its counts.
 
-The mechanism (api/lifecycle.py): a worker is replaced by starting its successor first and stopping
+The mechanism (api/process/arbiter.py): a worker is replaced by starting its successor first and stopping
 it only once the successor's model is warm, so the instance never has fewer warm workers than it
 should. gunicorn's own HUP and max_requests stop the old worker first.
 """
 import shutil
 import signal
-import threading
 import time
 from collections import Counter
 
 import pytest
 
-from tests.load import Load, wait_until
+from tests.load import Background, Load, wait_until
 from tests.servers import Stack, running
 
 CLIENTS = 32
@@ -26,23 +25,14 @@ def v2_body(digits) -> dict:
                         "data": image.ravel().tolist()}]}
 
 
-class FewestReady:
+class FewestReady(Background):
     """Watches the readiness markers; `fewest` is the smallest number of warm workers ever seen."""
 
     def __init__(self, stack):
+        super().__init__(join_s=None)
         self.stack, self.fewest = stack, len(stack.ready_pids())
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
 
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def _watch(self):
+    def _run(self):
         while not self._stop.is_set():
             self.fewest = min(self.fewest, len(self.stack.ready_pids()))
             time.sleep(0.01)
