@@ -110,6 +110,8 @@ def post_fork(server, worker):
     if gpu is not None:  # before TensorFlow is imported: it reads the variable once, at start
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = str(settings.tf_log_level)  # read once, at TensorFlow's import
+    if settings.tf_log_level == 3:
+        worker_hooks.native_stderr_to(settings.run_dir / "tensorflow.log")
     worker_hooks.one_write_responses()
     worker.recycler = worker_hooks.Recycler(settings.run_dir, settings.max_requests, settings.max_requests_jitter)
 

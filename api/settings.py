@@ -178,9 +178,9 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level of gunicorn and the app."""
     tf_log_level: int = Field(3, ge=0, le=3)
-    """TensorFlow's own C++ log threshold in the workers (its TF_CPP_MIN_LOG_LEVEL): 3 keeps its start-up
-    chatter out of the log (on a CPU machine `failed call to cuInit`, at error level, among it); 0 shows
-    everything, for debugging a device. The app logs model, versions and device itself."""
+    """TensorFlow's own C++ log threshold in the workers (its TF_CPP_MIN_LOG_LEVEL). 3: its start-up chatter
+    (on a CPU machine `failed call to cuInit`, at error level, among it) goes to `<run_dir>/tensorflow.log`,
+    not the console; 0 shows everything, for debugging a device. The app logs model, versions, device."""
 
     @model_validator(mode="after")
     def _batching_is_consistent(self):

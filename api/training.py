@@ -12,12 +12,10 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from api.process.worker import native_stderr_to
+from api.settings import Settings
 
-import tensorflow as tf  # noqa: E402
-import keras  # noqa: E402
-from sklearn.datasets import load_digits  # noqa: E402
-from sklearn.model_selection import train_test_split  # noqa: E402
+# TensorFlow and Keras are imported where they are used: `keras-serving train-digits --help` needs neither.
 
 SEED = 0
 MIN_ACCURACY = 0.95
@@ -32,12 +30,18 @@ SERVING = {
 
 def held_out_split():
     """The data split the model is trained and scored on; tests reuse it."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     digits = load_digits()
     x = (digits.images / 16.0).astype("float32")[..., None]
     return train_test_split(x, digits.target, test_size=0.2, random_state=SEED, stratify=digits.target)
 
 
-def build_model() -> keras.Model:
+def build_model():
+    """The default model: a small CNN, [n, 8, 8, 1] float32 ink in [0, 1] -> [n, 10] class probabilities."""
+    import keras
+
     return keras.Sequential([
         keras.Input((8, 8, 1), name="image"),
         keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
@@ -50,6 +54,10 @@ def build_model() -> keras.Model:
 
 
 def train(out_dir: Path) -> float:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow's first import: no start-up chatter
+    import keras
+    import tensorflow as tf
+
     keras.utils.set_random_seed(SEED)
     tf.config.experimental.enable_op_determinism()
     x_train, x_test, y_train, y_test = held_out_split()
@@ -72,6 +80,10 @@ def main(argv=None) -> None:
     parser.add_argument("--version", type=int, default=1)
     args = parser.parse_args(argv)
     out_dir = args.store / "digits" / str(args.version)
+    settings = Settings()  # as in the workers: TensorFlow's start-up lines by SERVE_TF_LOG_LEVEL
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = str(settings.tf_log_level)
+    if settings.tf_log_level == 3:
+        native_stderr_to(settings.run_dir / "tensorflow.log")
     accuracy = train(out_dir)
     print(f"digits: held-out accuracy {accuracy:.4f}, written to {out_dir}", file=sys.stderr)
 

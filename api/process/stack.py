@@ -270,6 +270,8 @@ def serve(settings: Settings, nginx_path: str, access_log: str | None) -> int:
     if not wait_for_socket(settings.socket_path, gunicorn):
         stop(gunicorn, signal.SIGTERM, settings.graceful_timeout + 5)
         sys.exit(f"gunicorn did not open {settings.socket_path}")
+    for path in settings.worker_socket_paths:  # bound before the model loads: nginx starts with its peers
+        wait_for_socket(path, gunicorn, timeout=10)  # none: nginx uses the shared socket meanwhile
     nginx = start([nginx_path, "-p", str(conf.parent), "-c", str(conf)], NGINX_ON_PARENT_DEATH)
     print(f"serving {settings.model_name} on http://{settings.host}:{settings.port} "
           f"(instance-only: http://127.0.0.1:{settings.status_port}); Ctrl-C stops", flush=True)

@@ -1,9 +1,12 @@
-"""Code a gunicorn worker runs for its own life cycle: counting requests towards its recycling, and
-sending each response in one write. Imports neither Flask nor TensorFlow (gunicorn.conf.py's hooks)."""
+"""Code a gunicorn worker runs for its own life cycle: counting requests towards its recycling, sending
+each response in one write, and keeping TensorFlow's native start-up output off the console. Imports
+neither Flask nor TensorFlow (gunicorn.conf.py's hooks)."""
 import itertools
+import logging
 import os
 import random
 import signal
+import sys
 from pathlib import Path
 
 from api.process.markers import recycle_marker
@@ -85,3 +88,28 @@ def one_write_responses() -> None:
 
     wsgi.Response = OneWriteResponse
 
+
+
+def native_stderr_to(path: Path) -> None:
+    """Send what native libraries write to file descriptor 2 (TensorFlow's and absl's C++ start-up lines,
+    `failed call to cuInit` among them on a CPU machine) to `path`, appended; Python's sys.stderr, and so
+    every log handler that wrote to it, keeps the original stream.
+
+    TF_CPP_MIN_LOG_LEVEL does not reach absl's lines written before absl::InitializeLog() (TensorFlow
+    2.21), so the file descriptor itself is what can be moved. The file keeps them, and what a native
+    crash prints, for whoever looks (SERVE_TF_LOG_LEVEL below 3 leaves them on the console).
+    """
+    original = sys.stderr
+    console = os.fdopen(os.dup(2), "w", buffering=1, encoding=getattr(original, "encoding", None) or "utf-8",
+                        errors="backslashreplace")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    native = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    original.flush()
+    os.dup2(native, 2)
+    os.close(native)
+    sys.stderr = console
+    loggers = [logging.getLogger()] + [logger for logger in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(logger, logging.Logger)]
+    for handler in {handler for logger in loggers for handler in logger.handlers}:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is original:
+            handler.setStream(console)
