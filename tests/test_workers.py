@@ -57,6 +57,15 @@ def test_the_master_loads_neither_flask_nor_tensorflow(tmp_path):
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
 
 
+def test_the_supervisor_loads_neither_flask_nor_tensorflow():
+    """`keras-serving serve` (api/process/stack.py) runs beside nginx and gunicorn for the stack's life."""
+    code = ("import sys, api.cli, api.process.stack; print(sorted(m for m in ('flask', 'flask_restful', "
+            "'werkzeug', 'tensorflow', 'keras', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
 def test_ready_is_503_until_the_model_is_warm(store, tmp_path):
     gunicorn = Gunicorn(tmp_path, model_store=store, workers=1, model_versions="latest")
     try:
