@@ -17,11 +17,22 @@ _RESAMPLE = {
 }
 
 
+# Base64 as people produce it: GNU `base64` and `openssl base64` wrap lines (76 and 64 characters),
+# `base64.urlsafe_b64encode` and JWT-style encoders use `-` and `_`, and many strip the `=` padding.
+# All of these mean the same bytes (RFC 4648 sections 4 and 5); anything else is still refused.
+_NORMALISE = str.maketrans({"-": "+", "_": "/", "\n": None, "\r": None, " ": None, "\t": None})
+
+
 def decode_b64(value, what: str) -> bytes:
+    """The bytes of a `{"b64": ...}` value: standard or URL-safe alphabet, with or without padding and
+    line breaks. InvalidInput (400) names `what` for anything else (other characters, a length no
+    base64 has, padding in the middle)."""
     if not isinstance(value, str):
         raise InvalidInput(f"{what}: 'b64' must be a base64 string")
+    text = value.translate(_NORMALISE).rstrip("=")
+    text += "=" * (-len(text) % 4)
     try:
-        return base64.b64decode(value, validate=True)
+        return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise InvalidInput(f"{what}: invalid base64 ({exc})") from None
 
