@@ -97,7 +97,11 @@ class Settings(BaseSettings):
     """Attempts nginx makes for one request on the shared socket when a worker dies or refuses (POST
     /predict is idempotent); with `worker_sockets`, after one attempt on each worker's own socket."""
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
-    """Largest request body accepted; larger bodies get 413."""
+    """Largest request body accepted, in bytes, as sent and once decoded (`Content-Encoding: gzip` or
+    `deflate`); larger bodies get 413."""
+    gzip_min_bytes: int = Field(1024, ge=0)
+    """Answers from this size up (bytes) are gzipped by nginx for clients that send `Accept-Encoding:
+    gzip`; 0 turns response compression off."""
     max_instances: int = Field(256, ge=1)
     """Most instances (rows of the batch dimension) in one request; more get 400."""
     max_tensor_elements: int = Field(16 * 1024 * 1024, ge=1)

@@ -3,6 +3,7 @@
 One corpus, run through a real gunicorn over HTTP and through the in-process app.
 """
 import base64
+import gzip
 import io
 import struct
 import zlib
@@ -90,6 +91,12 @@ CASES = [
      "257 instances, over the limit of 256"),
     ("body-over-limit", "POST", "/predict", b'{"instances": [' + b" " * (9 * 1024 * 1024) + b"]}", JSON, 413,
      "over the limit"),
+    ("gzip-bomb", "POST", "/predict", gzip.compress(b'{"instances": [' + b" " * (64 << 20) + b"]}"),
+     {**JSON, "Content-Encoding": "gzip"}, 413, "over the limit of 8388608 bytes once decoded (gzip)"),
+    ("unknown-content-coding", "POST", "/predict", predict({"instances": [DIGIT]}),
+     {**JSON, "Content-Encoding": "br"}, 415, "unsupported Content-Encoding 'br'"),
+    ("not-gzip-at-all", "POST", "/predict", predict({"instances": [DIGIT]}),
+     {**JSON, "Content-Encoding": "gzip"}, 400, "request body is not valid gzip"),
     ("invalid-base64", "POST", "/predict", predict({"instances": [{"b64": "not base64!"}]}), JSON, 400,
      "invalid base64"),
     ("b64-not-string", "POST", "/predict", predict({"instances": [{"b64": 12}]}), JSON, 400, "base64 string"),

@@ -4,6 +4,7 @@ from flask_restful import Resource
 
 from api.errors import PayloadTooLarge
 from api.http.client import socket_closed
+from api.protocols.codings import decode_body
 
 
 def plane():
@@ -11,7 +12,8 @@ def plane():
 
 
 def request_body() -> bytes:
-    """The request body, within max_body_bytes.
+    """The request body, within max_body_bytes, decoded when sent compressed (api/protocols/codings.py:
+    gzip or deflate, the limit applying to the decoded size too).
 
     werkzeug refuses a Content-Length over the limit (413), but reads a chunked body only up to the
     limit and returns it cut short, as if whole. Behind nginx every body has a length; on gunicorn's
@@ -21,7 +23,7 @@ def request_body() -> bytes:
     limit = plane().settings.max_body_bytes
     if request.content_length is None and len(data) >= limit and request.environ["wsgi.input"].read(1):
         raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-    return data
+    return decode_body(data, request.headers.get("Content-Encoding"), limit)
 
 
 class Inference(Resource):

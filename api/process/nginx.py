@@ -23,7 +23,7 @@ def context(settings: Settings, out_dir: Path, access_log: str, error_log: str) 
         "host": settings.host, "port": settings.port, "status_port": settings.status_port,
         "socket": settings.socket_path if not settings.bind else settings.bind.removeprefix("unix:"),
         "worker_sockets": settings.worker_socket_paths,
-        "max_body_bytes": settings.max_body_bytes,
+        "max_body_bytes": settings.max_body_bytes, "gzip_min_bytes": settings.gzip_min_bytes,
         "body_buffer_bytes": min(settings.max_body_bytes, 4 * 1024 * 1024),
         "request_timeout": _seconds(settings.request_timeout), "upstream_tries": settings.upstream_tries,
         "next_upstream_tries": len(settings.worker_socket_paths) + settings.upstream_tries,
