@@ -99,6 +99,7 @@ def test_metadata_has_tf_serving_signature_and_runtime(http):
 
 
 def test_health_and_ready(http):
-    assert http.get("/v2/health/live").json == {"status": "alive"}
+    assert http.get("/v2/health/live").json == {"live": True}  # the Open Inference Protocol's shapes
     assert http.get("/ready").json == {"status": "ready", "model": "digits", "versions": [1, 2]}
-    assert http.get("/v2/health/ready").status == 200
+    assert http.get("/v2/health/ready").json == {"ready": True}
+    assert http.get("/v2/models/digits/ready").json == {"name": "digits", "ready": True}

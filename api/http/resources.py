@@ -86,17 +86,34 @@ class V2Infer(Inference):
 
 
 class Live(Resource):
-    """`/health` and `/v2/health/live`: the process answers; says nothing of the model."""
+    """`/health`: the process answers; says nothing of the model."""
 
     def get(self):
         return {"status": "alive"}
 
 
 class Ready(Resource):
-    """`/ready` and `/v2/health/ready`: 200 once the model is loaded and warm, 503 before and when draining."""
+    """`/ready`: 200 once the model is loaded and warm, 503 with the reason before and when draining."""
 
     def get(self):
         return plane().readiness()
+
+
+class V2Live(Resource):
+    """`/v2/health/live`, shaped as the Open Inference Protocol's schema says (`{"live": true}`): KServe's
+    and Triton's clients read that key."""
+
+    def get(self):
+        return {"live": True}
+
+
+class V2Ready(Resource):
+    """`/v2/health/ready`: `{"ready": true}` (the protocol's schema, which KServe's client reads), or 503
+    with the reason, as `/ready`."""
+
+    def get(self):
+        plane().readiness()
+        return {"ready": True}
 
 
 class Metrics(Resource):
@@ -121,8 +138,10 @@ ROUTES = [
     (TFModelMetadata, ["/v1/models/<name:model>/metadata",
                        "/v1/models/<name:model>/versions/<int:version>/metadata"]),
     (V2Server, ["/v2"]),
-    (Live, ["/health", "/v2/health/live"]),
-    (Ready, ["/ready", "/v2/health/ready"]),
+    (Live, ["/health"]),
+    (Ready, ["/ready"]),
+    (V2Live, ["/v2/health/live"]),
+    (V2Ready, ["/v2/health/ready"]),
     (V2ModelMetadata, ["/v2/models/<name:model>", "/v2/models/<name:model>/versions/<int:version>"]),
     (V2ModelReady, ["/v2/models/<name:model>/ready", "/v2/models/<name:model>/versions/<int:version>/ready"]),
     (V2Infer, ["/v2/models/<name:model>/infer", "/v2/models/<name:model>/versions/<int:version>/infer"]),
