@@ -6,7 +6,7 @@ STORE ?= $(or $(SERVE_MODEL_STORE),models)
 PIP_VERSION := 26.3
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev system-deps deploy-tools model serve settings settings-table test check bench soak loadtest clean
+.PHONY: help install install-dev system-deps deploy-tools client-tools model serve settings settings-table test check bench soak loadtest clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -46,7 +46,10 @@ check: install-dev  ## static checks: gunicorn's own config check
 settings-table: install  ## the README's settings table, from api/settings.py
 	@$(BIN)/keras-serving settings --table
 
-test: install-dev system-deps deploy-tools check  ## the whole test suite (real gunicorn, real TensorFlow, real HTTP)
+client-tools:  ## KServe's Python SDK in its own virtualenv, .venv/clients (its pins clash with ours)
+	@scripts/install_client_venvs.sh
+
+test: install-dev system-deps deploy-tools client-tools check  ## the whole test suite (real gunicorn, real TensorFlow, real HTTP)
 	$(BIN)/python -m pytest
 
 bench: install-dev system-deps  ## throughput and latency against the in-process limit and the peers (docs/performance.md)

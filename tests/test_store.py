@@ -4,7 +4,8 @@ import shutil
 
 import pytest
 
-from api.model.store import ServingConfig, StoreError, list_versions, read_version, select_versions
+from api.model.store import (ServingConfig, StoreError, list_versions, read_version, read_version_labels,
+                             select_versions)
 
 
 def test_versions_are_numeric_folders_oldest_first(tmp_path):
@@ -56,3 +57,27 @@ def test_serving_config_rejects_unknown_settings(store, tmp_path):
 def test_serving_config_defaults_to_rgb_bilinear_unit_scale():
     image = ServingConfig().image
     assert (image.color_mode, image.resize, image.scale, image.invert) == ("RGB", "bilinear", 1 / 255, False)
+
+
+def test_version_labels_name_versions_as_tensorflow_serving_does(tmp_path):
+    (tmp_path / "m").mkdir()
+    assert read_version_labels(tmp_path, "m") == {}  # no file: no labels
+    (tmp_path / "m" / "version_labels.json").write_text('{"stable": 1, "canary": 2}')
+    assert read_version_labels(tmp_path, "m") == {"stable": 1, "canary": 2}
+
+
+@pytest.mark.parametrize("text, message", [
+    ('["stable"]', "must be an object"),
+    ('{"stable": "1"}', "must name a version number, got '1'"),
+    ('{"stable": 0}', "must name a version number, got 0"),
+    ('{"stable": true}', "must name a version number, got True"),
+    ('{"2": 1}', "'2' is not a version label"),
+    ('{"a b": 1}', "'a b' is not a version label"),
+    ("{stable: 1}", "not JSON"),
+])
+def test_a_bad_labels_file_is_refused_naming_it_and_the_problem(tmp_path, text, message):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "version_labels.json").write_text(text)
+    with pytest.raises(StoreError, match="version_labels.json") as refused:
+        read_version_labels(tmp_path, "m")
+    assert message in str(refused.value)

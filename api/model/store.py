@@ -3,6 +3,8 @@
 A version folder holds either a Keras v3 file (`model.keras`, or the only `*.keras` file) or a
 SavedModel (`saved_model.pb` with its `variables/`), and optionally `labels.txt` (one label per
 output class) and `serving.json` (how base64 images become the model's input, see `ImageSpec`).
+`<store>/<name>/version_labels.json` names versions, as TensorFlow Serving's `version_labels`
+(`{"stable": 1, "canary": 2}`), so that clients can pin a label while a new version rolls out.
 Nothing here imports TensorFlow: the gunicorn master may read the store safely.
 """
 import json
@@ -112,3 +114,29 @@ def _serving_config(path: Path) -> ServingConfig:
         return ServingConfig.model_validate(json.loads(path.read_text()))
     except (ValueError, ValidationError) as exc:
         raise StoreError(f"{path}: {exc}") from exc
+
+
+LABEL = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+"""A version label: a letter, then letters, digits, `_`, `.` or `-` (64 at most), never a number, so that
+`/labels/<label>` and `/versions/<n>` cannot be confused."""
+
+
+def read_version_labels(store: Path, name: str) -> dict[str, int]:
+    """`<store>/<name>/version_labels.json`: label -> version number; {} when the file is absent.
+    StoreError names the file and what is wrong (not an object, a bad label, a version that is not a
+    positive integer)."""
+    path = store / name / "version_labels.json"
+    if not path.is_file():
+        return {}
+    try:
+        labels = json.loads(path.read_text())
+    except ValueError as exc:
+        raise StoreError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(labels, dict):
+        raise StoreError(f"{path}: must be an object of label: version, such as {{\"stable\": 1}}")
+    for label, version in labels.items():
+        if not LABEL.fullmatch(label):
+            raise StoreError(f"{path}: {label!r} is not a version label (a letter, then letters, digits, _ . -)")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise StoreError(f"{path}: label {label!r} must name a version number, got {version!r}")
+    return dict(labels)
