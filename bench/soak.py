@@ -55,8 +55,8 @@ def rate_per_user(think_time: float, mix: dict = MIX) -> float:
     """Requests per second one user sends, on average over the mix (loadtest/mix.py, the locustfile's own):
     each waits a mean of think_time x its factor between requests. The response time (a few ms against a
     second) is left out."""
-    weights = sum(w for w, _ in mix.values())
-    return sum(w / (think_time * factor) for w, factor in mix.values()) / weights
+    weights = sum(share.weight for share in mix.values())
+    return sum(share.weight / (think_time * share.think_factor) for share in mix.values()) / weights
 
 
 def pace(rate: float, users: int | None, think_time: float) -> tuple[int, float]:

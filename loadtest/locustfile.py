@@ -88,7 +88,8 @@ class ModelUser(FastHttpUser):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        cls.weight, cls.think_factor = MIX[cls.__name__]  # KeyError: a user class missing from the mix
+        share = MIX[cls.__name__]  # KeyError: a user class missing from the mix
+        cls.weight, cls.think_factor = share.weight, share.think_factor
 
     def wait_time(self) -> float:
         mean = self.environment.parsed_options.think_time * self.think_factor
