@@ -18,6 +18,10 @@ next requests meanwhile, and they form the next batch (the shape of Ray Serve's 
 `@serve.batch` and `asyncio.to_thread`). A call of a millisecond runs on the loop itself: handing it to
 another thread and back costs more than the call.
 
+A request's batch is one array [instances, ...] or, for a model with several inputs, a dict of arrays
+(input name -> [instances, ...]) that all have the same number of instances: concatenation, padding,
+splitting and slicing work per input key, so a request's rows stay together across its inputs.
+
 Pure Python and numpy: the model call is injected, so this is tested without TensorFlow.
 """
 import logging
@@ -34,6 +38,7 @@ from api.settings import BatchPolicy
 log = logging.getLogger("api.batching")
 
 Outputs = dict[str, np.ndarray]
+Inputs = np.ndarray | dict[str, np.ndarray]  # one array, or one per input name with the same first dimension
 
 
 class _Waiter:
@@ -51,11 +56,12 @@ class _Waiter:
 class _Task:
     """One slice of one request (a request larger than a batch becomes several)."""
 
-    __slots__ = ("rows", "deadline", "start_by", "client_gone", "waiter", "outputs", "error", "queued_at")
+    __slots__ = ("rows", "size", "deadline", "start_by", "client_gone", "waiter", "outputs", "error", "queued_at")
 
-    def __init__(self, rows: np.ndarray, deadline: float, client_gone, waiter: _Waiter, queued_at: float,
+    def __init__(self, rows: Inputs, size: int, deadline: float, client_gone, waiter: _Waiter, queued_at: float,
                  start_by: float | None = None):
-        self.rows = rows
+        self.rows = rows  # an array, or a dict of arrays (one per input), `size` instances each
+        self.size = size
         self.queued_at = queued_at  # perf_counter: the queue wait is measured against the batch's start
         self.deadline = deadline
         self.start_by = start_by
@@ -82,7 +88,7 @@ class Batcher:
     thread after each call, which measured here tripled the wall time of a call.
     """
 
-    def __init__(self, infer: Callable[[np.ndarray], Outputs], policy: BatchPolicy, name: str = "model",
+    def __init__(self, infer: Callable[[Inputs], Outputs], policy: BatchPolicy, name: str = "model",
                  stats: "BatchStats | None" = None, runner: "Callable | None" = None,
                  gather: "Callable[[], None] | None" = None):
         self._infer = infer
@@ -100,9 +106,14 @@ class Batcher:
         self.stats = stats or BatchStats()  # api/metrics.py passes one that also exports them
 
     # -- request threads --------------------------------------------------------------------------
-    def run(self, batch: np.ndarray, deadline: float, client_gone: Callable[[], bool] | None = None,
+    def run(self, batch: Inputs, deadline: float, client_gone: Callable[[], bool] | None = None,
             start_by: float | None = None) -> Outputs:
         """Infer `batch` within the shared batches; raises the ApiError the request ends in.
+
+        `batch`: an array [n, ...], or a dict input name -> array [n, ...] (the same n for every input;
+        ValueError otherwise, a caller's bug). The model gets what the request gave, concatenated with its
+        batch-mates' along the first dimension (per input), so every request to one batcher must take the
+        same form. Returns output name -> array [n, ...]: this request's rows only.
 
         `deadline` (monotonic s): past it, 504. `start_by` (monotonic s, the request's SERVE_MAX_QUEUE_WAIT):
         a request that would start later, by the queue ahead of it at the recent call time per instance,
@@ -110,13 +121,15 @@ class Batcher:
         An event-loop worker takes every connection at once, so this is where an overload queues.
         """
         size = self.policy.max_batch_size
-        waiter = _Waiter((len(batch) + size - 1) // size)
+        count = _count(batch)
+        waiter = _Waiter((count + size - 1) // size)
         now = time.perf_counter()
         # only the first slice may still be refused: once it runs, the request has started
-        tasks = [_Task(batch[i:i + size], deadline, client_gone, waiter, now, None if i else start_by)
-                 for i in range(0, len(batch), size)]
+        tasks = [_Task(batch if count <= size else _rows(batch, i, i + size), min(size, count - i), deadline,
+                       client_gone, waiter, now, None if i else start_by)
+                 for i in range(0, count, size)]
         with self._cond:
-            if self._queued + len(batch) > self.policy.max_enqueued and self._queued:
+            if self._queued + count > self.policy.max_enqueued and self._queued:
                 self.stats.refuse()
                 raise Unavailable(f"server is overloaded: {self._queued} instances already queued "
                                   f"(limit {self.policy.max_enqueued}); retry shortly", retry_after=1)
@@ -126,7 +139,7 @@ class Batcher:
                 raise Unavailable(f"server is overloaded: the request would wait about {expected:.2f} s for "
                                   f"the {self._queued} instances queued ahead of it; retry shortly", retry_after=1)
             self._queue.extend(tasks)
-            self._queued += len(batch)
+            self._queued += count
             lead = not self._leading
             self._leading = True
             self._cond.notify()  # a leader waiting out batch_timeout counts what arrived
@@ -205,7 +218,7 @@ class Batcher:
                     self._leading = False
 
     def _drop(self, task: _Task) -> None:
-        self._queued -= len(task.rows)
+        self._queued -= task.size
         self.stats.drop()
 
     def _next_batch(self) -> list[_Task]:
@@ -219,10 +232,10 @@ class Batcher:
                         break
                     self._cond.wait(left)
             tasks, rows = [], 0
-            while self._queue and (not tasks or rows + len(self._queue[0].rows) <= policy.max_batch_size):
+            while self._queue and (not tasks or rows + self._queue[0].size <= policy.max_batch_size):
                 task = self._queue.popleft()
                 tasks.append(task)
-                rows += len(task.rows)
+                rows += task.size
             self._queued -= rows
             return tasks
 
@@ -246,13 +259,15 @@ class Batcher:
         return True
 
     def _run_batch(self, tasks: list[_Task]) -> None:
-        rows = tasks[0].rows if len(tasks) == 1 else np.concatenate([t.rows for t in tasks])
-        size = len(rows)
+        size = sum(task.size for task in tasks)
         padded = self.policy.padded(size)
-        if padded > size:
-            rows = np.concatenate([rows, np.zeros((padded - size, *rows.shape[1:]), rows.dtype)])
         started = time.perf_counter()
         try:
+            # Joining fails only where batch-mates differ in a dimension the model leaves open (None):
+            # then each runs alone, below, as a failed batch does.
+            rows = tasks[0].rows if len(tasks) == 1 else _join([t.rows for t in tasks])
+            if padded > size:
+                rows = _pad(rows, padded - size)
             outputs = self._runner(self._infer, rows) if self._runner else self._infer(rows)
         except Exception as exc:  # noqa: BLE001 - one request's bad values must not fail the others
             if len(tasks) == 1:
@@ -271,9 +286,38 @@ class Batcher:
             self._room.notify_all()
         offset = 0
         for task in tasks:
-            n = len(task.rows)
+            n = task.size
             task.finish({name: value[offset:offset + n] for name, value in outputs.items()})
             offset += n
+
+
+def _count(batch: Inputs) -> int:
+    """The instances in a request's batch: its first dimension, the same for every input."""
+    if not isinstance(batch, dict):
+        return len(batch)
+    counts = {name: len(value) for name, value in batch.items()}
+    if len(set(counts.values())) != 1:
+        raise ValueError(f"a batch needs one or more inputs with the same number of instances, got {counts}")
+    return next(iter(counts.values()))
+
+
+def _rows(batch: Inputs, start: int, stop: int) -> Inputs:
+    if isinstance(batch, dict):
+        return {name: value[start:stop] for name, value in batch.items()}
+    return batch[start:stop]
+
+
+def _join(parts: list[Inputs]) -> Inputs:
+    if isinstance(parts[0], dict):
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    return np.concatenate(parts)
+
+
+def _pad(batch: Inputs, extra: int) -> Inputs:
+    """Zero instances appended (to reach an allowed batch size); their outputs are never returned."""
+    if isinstance(batch, dict):
+        return {name: _pad(value, extra) for name, value in batch.items()}
+    return np.concatenate([batch, np.zeros((extra, *batch.shape[1:]), batch.dtype)])
 
 
 class BatchStats:

@@ -1,7 +1,8 @@
 """The errors a request can end in, each with its HTTP status, always answered as `{"error": "..."}`.
 
 The status mapping follows TensorFlow Serving's (invalid argument 400, not found 404, resource
-exhausted 429, unavailable 503, deadline exceeded 504) plus 413 and 415 for the body itself.
+exhausted 429, unavailable 503, deadline exceeded 504) plus 413 and 415 for the body itself, and 422
+for a finite request the model answered with NaN or infinity (NonFiniteOutput).
 """
 
 
@@ -28,6 +29,13 @@ class PayloadTooLarge(ApiError):
 
 class UnsupportedMediaType(ApiError):
     status = 415
+
+
+class NonFiniteOutput(ApiError):
+    """422 Unprocessable Content: the request was valid, but the model computed NaN or infinity for some of
+    its instances (values that drive it out of range). JSON cannot carry them (they would go out as
+    `null`), so no route answers 200 with them; the message names the instances and the outputs."""
+    status = 422
 
 
 class Unavailable(ApiError):

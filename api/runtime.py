@@ -61,7 +61,13 @@ def configure_tensorflow(settings: Settings) -> str:
 
 
 class ModelRuntime:
-    """A model version, loaded once, answering `infer(batch) -> {output name: array}`."""
+    """A model version, loaded once, answering `infer({input name: array}) -> {output name: array}`.
+
+    A model may have any number of inputs and outputs. `inputs` and `outputs` (name -> TensorInfo, in the
+    model's order) are what `signature` carries to the protocols: a Keras model's inputs are named by the
+    keys of its input dict or by its `keras.Input` names, its outputs by the keys of its output dict or by
+    the layers that produce them; a SavedModel's by its `serving_default` signature.
+    """
 
     def __init__(self, version: ModelVersion, device: str, xla: bool = False, mixed_precision: bool = False):
         self.version = version
@@ -71,45 +77,78 @@ class ModelRuntime:
         started = time.perf_counter()
         with tf.device(device):
             if version.format == "keras":
-                self._fn, self.input, self.outputs = _compile_keras(version, xla, self.mixed_precision)
+                self._fn, self.inputs, self.outputs = _compile_keras(version, xla, self.mixed_precision)
             else:
-                self._fn, self.input, self.outputs = _compile_saved_model(version)
-        # The traced graph itself: calling it skips tf.function's argument binding and signature
-        # matching (~140 us of Python per call here), and it can never retrace.
-        self._call = self._fn.get_concrete_function() if hasattr(self._fn, "get_concrete_function") else self._fn
-        if hasattr(self._call, "_call_flat"):
-            # ...and its flat call skips the concrete function's own argument binding as well: a quarter
-            # of a digits batch's call (measured ~260 us of ~1 ms, TensorFlow 2.21, pinned). The graph
-            # takes one tensor and returns the signature's dict of outputs.
-            concrete, captured = self._call, self._call.captured_inputs
-            self._call = lambda x: concrete._call_flat([x], captured)
+                self._fn, self.inputs, self.outputs = _compile_saved_model(version)
+        self._names = tuple(self.inputs)  # the order the compiled call takes its tensors in
+        # `_call(tensors)` takes one tensor per input, in `_names`' order, and returns the dict of outputs.
+        if hasattr(self._fn, "get_concrete_function"):
+            # The traced graph itself: calling it skips tf.function's argument binding and signature
+            # matching (~140 us of Python per call here), and it can never retrace.
+            concrete = self._fn.get_concrete_function()
+            if hasattr(concrete, "_call_flat"):
+                # ...and its flat call skips the concrete function's own argument binding as well: a
+                # quarter of a digits batch's call (measured ~260 us of ~1 ms, TensorFlow 2.21, pinned).
+                # The graph takes the input tensors, flat, in the signature's order, and returns the
+                # signature's dict of outputs.
+                captured = concrete.captured_inputs
+                self._call = lambda tensors: concrete._call_flat(tensors, captured)
+            else:
+                self._call = lambda tensors: concrete(*tensors)
+        else:
+            self._call = self._fn
         self.signature = ModelSignature(version.name, version.version, version.format,
-                                        {self.input.name: self.input}, self.outputs, tuple(version.labels),
+                                        dict(self.inputs), dict(self.outputs), tuple(version.labels),
                                         version.serving.image)
         self.load_seconds = time.perf_counter() - started
         self.warmup_seconds = 0.0
         self.call_seconds = 0.0  # one warm call at the largest warm-up batch, set by warm_up
 
+    @property
+    def input(self) -> TensorInfo:
+        """The one input of a single-input model; ValueError for a model with several."""
+        return self.signature.input
+
+    def zeros(self, size: int) -> dict[str, np.ndarray]:
+        """A batch of `size` zero instances for every input (a None dimension taken as 1)."""
+        return {name: np.zeros((size, *(d or 1 for d in info.instance_shape)), dtype=info.dtype)
+                for name, info in self.inputs.items()}
+
     def warm_up(self, batch_sizes: tuple[int, ...]) -> None:
-        """Run the compiled function at each batch size so no request pays for tracing or allocation;
-        `call_seconds` is then the time of one warm call at the largest of them."""
+        """Run the compiled function at each batch size, zeros for every input, so no request pays for
+        tracing or allocation; `call_seconds` is then the time of one warm call at the largest of them."""
         started = time.perf_counter()
-        shape = tuple(d or 1 for d in self.input.instance_shape)
         for size in batch_sizes:
-            self.infer(np.zeros((size, *shape), dtype=self.input.dtype))
+            self.infer(self.zeros(size))
         self.warmup_seconds = time.perf_counter() - started
         if batch_sizes and self.warmup_seconds < 10:  # a model this slow is never run inline anyway
-            batch = np.zeros((max(batch_sizes), *shape), dtype=self.input.dtype)
+            batch = self.zeros(max(batch_sizes))
             timed = time.perf_counter()
             self.infer(batch)
             self.call_seconds = time.perf_counter() - timed
         else:
             self.call_seconds = self.warmup_seconds
 
-    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """One compiled call, on the calling thread (the batcher's inference thread when serving)."""
+    def infer(self, batch: dict[str, np.ndarray] | np.ndarray) -> dict[str, np.ndarray]:
+        """One compiled call, on the calling thread (the batcher's inference thread when serving).
+
+        `batch`: input name -> array [n, *instance shape] in the input's dtype, one per input, the same n
+        for all (a single-input model also takes the bare array). Returns output name -> array [n, ...]
+        in the dtype `outputs` declares. Raises InferenceFailed (400) when TensorFlow refuses the values,
+        ValueError when an input is missing (a caller's bug: the protocols check names first).
+        """
+        if not isinstance(batch, dict):
+            if len(self._names) != 1:
+                raise ValueError(f"infer needs a dict of the inputs {list(self._names)}, got one array")
+            batch = {self._names[0]: batch}
         try:
-            results = self._call(tf.convert_to_tensor(batch))
+            if len(batch) != len(self._names):
+                raise KeyError
+            tensors = [tf.convert_to_tensor(batch[name]) for name in self._names]
+        except KeyError:
+            raise ValueError(f"infer needs the inputs {list(self._names)}, got {sorted(batch)}") from None
+        try:
+            results = self._call(tensors)
         except tf.errors.InvalidArgumentError as exc:
             # The model refusing these values is the client's fault, as TensorFlow Serving maps it.
             raise InferenceFailed(f"the model refused this input: {str(exc).splitlines()[0][:300]}",
@@ -142,24 +181,48 @@ def _compile_keras(version: ModelVersion, xla: bool = False, mixed_precision: bo
             model = _in_mixed_precision(model)
     except Exception as exc:  # Keras raises ValueError, TypeError, OSError... on bad archives
         raise StoreError(f"{version.path}: cannot load: {exc}") from exc
-    if len(model.inputs) != 1:
-        raise StoreError(f"{version.path}: models with {len(model.inputs)} inputs are not supported")
-    spec = model.inputs[0]
-    dtype = np.dtype(spec.dtype)
-    tensor = TensorInfo(_tensor_name(spec, "input"), dtype, tuple(spec.shape))
-    names = _output_names(model)
+    if not model.inputs:
+        raise StoreError(f"{version.path}: the model has no inputs")
+    structure = _structure(model, "input", model.inputs)
+    input_names = _names(structure, [_tensor_name(spec, f"input_{i}") for i, spec in enumerate(model.inputs)],
+                         "input")
+    inputs = {name: TensorInfo(name, np.dtype(spec.dtype), tuple(spec.shape))
+              for name, spec in zip(input_names, model.inputs)}
+    output_names = _names(_structure(model, "output", model.outputs), _output_names(model), "output")
 
-    @tf.function(input_signature=[tf.TensorSpec(spec.shape, spec.dtype)], jit_compile=xla or None)
-    def serve(x):
-        result = model(x, training=False)
-        result = result if isinstance(result, (list, tuple)) else [result]
-        return dict(zip(names, result))
+    @tf.function(input_signature=[tf.TensorSpec(spec.shape, spec.dtype) for spec in model.inputs],
+                 jit_compile=xla or None)
+    def serve(*tensors):
+        # The model gets its inputs in the structure it was built with (one tensor, a list, a dict).
+        result = model(keras.tree.pack_sequence_as(structure, list(tensors)), training=False)
+        return dict(zip(output_names, keras.tree.flatten(result), strict=True))
 
     outputs = {name: TensorInfo(name, np.dtype(out.dtype), tuple(out.shape))
-               for name, out in zip(names, model.outputs)}
+               for name, out in zip(output_names, model.outputs)}
     serve.get_concrete_function()  # trace now, once: the signature fixes every later call to it
     serve.model = model  # keep the variables alive with the function
-    return serve, tensor, outputs
+    return serve, inputs, outputs
+
+
+def _structure(model, which: str, flat: list):
+    """The model's `input` or `output` as built (a tensor, a list, a dict of them), whose flattening is
+    `flat` (`model.inputs`, `model.outputs`); a model never called (a Sequential) has only `flat`."""
+    try:
+        structure = getattr(model, which)
+    except (AttributeError, ValueError):
+        structure = None
+    if structure is None or len(keras.tree.flatten(structure)) != len(flat):
+        return flat[0] if len(flat) == 1 else list(flat)
+    return structure
+
+
+def _names(structure, fallback: list[str], what: str) -> list[str]:
+    """The tensors' names, flat: a dict's keys where the model has a dict of them (`{"a": ..., "b": ...}`),
+    else `fallback` (input or output layer names); `<what>_<i>` where these are not unique."""
+    paths = [path for path, _ in keras.tree.flatten_with_path(structure)]
+    names = [str(path[-1]) if path and isinstance(path[-1], str) else name
+             for path, name in zip(paths, fallback, strict=True)]
+    return names if len(set(names)) == len(names) else [f"{what}_{i}" for i in range(len(names))]
 
 
 def _in_mixed_precision(model):
@@ -172,12 +235,26 @@ def _in_mixed_precision(model):
     layers = config.get("config", {}).get("layers")
     if not isinstance(layers, list):
         raise StoreError("mixed precision needs a Sequential or functional model")
-    for layer in layers[:-1]:
-        if layer.get("class_name") != "InputLayer":
+    kept = _output_layers(config["config"].get("output_layers")) or {layers[-1].get("config", {}).get("name")}
+    for layer in layers:
+        name = layer.get("config", {}).get("name", layer.get("name"))
+        if layer.get("class_name") != "InputLayer" and name not in kept and layer is not layers[-1]:
             layer["config"]["dtype"] = "mixed_float16"
     clone = keras.saving.deserialize_keras_object(config, safe_mode=True)
     clone.set_weights(model.get_weights())
     return clone
+
+
+def _output_layers(entry) -> set[str]:
+    """The names of a functional config's output layers: `output_layers` holds `[name, node, tensor]`
+    entries, alone, in a list or in a dict."""
+    if isinstance(entry, dict):
+        return set().union(*map(_output_layers, entry.values())) if entry else set()
+    if isinstance(entry, (list, tuple)) and entry:
+        if isinstance(entry[0], str):
+            return {entry[0]}
+        return set().union(*map(_output_layers, entry))
+    return set()
 
 
 # Ops that reach outside the model: files, checkpoints, data pipelines, summaries and prints (which may
@@ -238,19 +315,22 @@ def _compile_saved_model(version: ModelVersion):
         fn = loaded.signatures["serving_default"]
     except Exception as exc:
         raise StoreError(f"{version.path}: cannot load SavedModel: {exc}") from exc
-    inputs = fn.structured_input_signature[1]
-    if len(inputs) != 1:
-        raise StoreError(f"{version.path}: SavedModels with {len(inputs)} inputs are not supported")
-    (name, spec), = inputs.items()
-    tensor = TensorInfo(name, np.dtype(spec.dtype.as_numpy_dtype), tuple(spec.shape.as_list()))
+    args, specs = fn.structured_input_signature
+    if args or not specs:
+        raise StoreError(f"{version.path}: serving_default must take named inputs, got {fn.structured_input_signature}")
+    # Sorted by name: TensorFlow's own order for a dict of tensors (nest.flatten), as Keras's inputs and
+    # outputs built from a dict are; the signature's dicts are in no particular order.
+    inputs = {name: TensorInfo(name, np.dtype(spec.dtype.as_numpy_dtype), tuple(spec.shape.as_list()))
+              for name, spec in sorted(specs.items())}
     outputs = {key: TensorInfo(key, np.dtype(out.dtype.as_numpy_dtype), tuple(out.shape.as_list()))
-               for key, out in fn.structured_outputs.items()}
+               for key, out in sorted(fn.structured_outputs.items())}
+    names = tuple(inputs)
 
-    def serve(x):
-        return fn(**{name: x})
+    def serve(tensors):
+        return fn(**dict(zip(names, tensors)))
 
     serve.loaded = loaded  # the signature does not own the variables; keep them alive
-    return serve, tensor, outputs
+    return serve, inputs, outputs
 
 
 def _output_names(model) -> list[str]:

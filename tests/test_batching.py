@@ -53,11 +53,11 @@ def concurrently(batcher: Batcher, requests_: list[np.ndarray], deadline: float 
         return [f.result() for f in futures]
 
 
-def hold(model: FakeModel, batcher: Batcher) -> threading.Thread:
-    """Occupy the inference thread with one request so that the next ones queue up behind it."""
+def hold(model: FakeModel, batcher: Batcher, batch=None) -> threading.Thread:
+    """Occupy the inference thread with one request (one row) so that the next ones queue up behind it."""
     model.gate.clear()
     model.entered.clear()
-    blocker = threading.Thread(target=batcher.run, args=(rows(1, 1000), later()))
+    blocker = threading.Thread(target=batcher.run, args=(rows(1, 1000) if batch is None else batch, later()))
     blocker.start()
     assert model.entered.wait(5)
     return blocker
@@ -257,6 +257,126 @@ def test_a_hung_up_peer_is_told_apart_from_a_live_or_pipelining_one():
     assert gone()
     ours.close()
     assert socket_closed(None) is None
+
+
+# -- several inputs: a request's batch is a dict of arrays ---------------------------------------------
+
+class DictModel(FakeModel):
+    """A two-input stand-in: `a` [n, 2] and `b` [n, 3] in, `total` (each row's sum over both) and `a2`
+    (`a` doubled) out; records every call's batch (checking its inputs have one row count)."""
+
+    def __init__(self, poison: float | None = None):
+        super().__init__(poison=poison)
+        self.batches: list[dict[str, np.ndarray]] = []
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.entered.set()
+        self.gate.wait(10)
+        assert set(batch) == {"a", "b"} and len(batch["a"]) == len(batch["b"])
+        self.calls.append(len(batch["a"]))
+        self.batches.append({name: value.copy() for name, value in batch.items()})
+        if self.poison is not None and (batch["a"] == self.poison).any():
+            raise ValueError("poisoned row")
+        return {"total": batch["a"].sum(axis=1) + batch["b"].sum(axis=1), "a2": batch["a"] * 2}
+
+
+def pair(n: int, start: int = 0) -> dict[str, np.ndarray]:
+    """n instances of two inputs whose rows tell them apart: a = [i, i], b = [-i, -i, 1]."""
+    i = np.arange(start, start + n, dtype=np.float32)[:, None]
+    return {"a": np.hstack([i, i]), "b": np.hstack([-i, -i, np.ones_like(i)])}
+
+
+def test_dict_batches_share_calls_and_each_request_gets_its_own_rows():
+    model = DictModel()
+    batcher = Batcher(model, BatchPolicy(max_batch_size=64))
+    blocker = hold(model, batcher, pair(1, 1000))
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(batcher.run, pair(i + 1, 100 * i), later()) for i in range(6)]
+        while batcher.queued < 21:
+            time.sleep(0.001)
+        model.gate.set()
+        answers = [f.result() for f in futures]
+    blocker.join()
+    assert model.calls == [1, 21]
+    joined = model.batches[1]
+    assert np.array_equal(joined["a"][:, 0], -joined["b"][:, 0])  # rows of a and b stayed together
+    for i, answer in enumerate(answers):
+        sent = pair(i + 1, 100 * i)
+        np.testing.assert_array_equal(answer["a2"], sent["a"] * 2)
+        np.testing.assert_array_equal(answer["total"], np.ones(i + 1))
+
+
+def test_a_dict_request_larger_than_a_batch_is_split_per_input_and_reassembled():
+    model = DictModel()
+    batcher = Batcher(model, BatchPolicy(max_batch_size=4))
+    sent = pair(10)
+    answer = batcher.run(sent, later())
+    assert model.calls == [4, 4, 2]
+    for call, start in zip(model.batches, (0, 4, 8)):
+        np.testing.assert_array_equal(call["a"], sent["a"][start:start + 4])
+        np.testing.assert_array_equal(call["b"], sent["b"][start:start + 4])
+    np.testing.assert_array_equal(answer["a2"], sent["a"] * 2)
+    np.testing.assert_array_equal(answer["total"], np.ones(10))
+
+
+def test_dict_batches_are_padded_per_input_and_the_padding_never_returned():
+    model = DictModel()
+    batcher = Batcher(model, BatchPolicy(max_batch_size=8, allowed_batch_sizes=(1, 4, 8)))
+    sent = pair(3, 5)
+    answer = batcher.run(sent, later())
+    assert model.calls == [4]
+    (call,) = model.batches
+    assert call["a"].shape == (4, 2) and call["b"].shape == (4, 3)
+    assert not call["a"][3].any() and not call["b"][3].any()  # zeros, in each input's own shape and dtype
+    assert call["b"].dtype == np.float32
+    np.testing.assert_array_equal(answer["a2"], sent["a"] * 2)
+    assert answer["total"].shape == (3,)
+
+
+def test_a_failing_dict_request_never_fails_its_batch_mates():
+    model = DictModel(poison=-7.0)
+    batcher = Batcher(model, BatchPolicy(max_batch_size=64))
+    blocker = hold(model, batcher, pair(1, 1000))
+    bad = pair(2)
+    bad["a"][1] = -7.0
+    with ThreadPoolExecutor(3) as pool:
+        good = [pool.submit(batcher.run, pair(2, 10 * (i + 1)), later()) for i in range(2)]
+        failing = pool.submit(batcher.run, bad, later())
+        while batcher.queued < 6:
+            time.sleep(0.001)
+        model.gate.set()
+        for i, future in enumerate(good):
+            np.testing.assert_array_equal(future.result()["a2"], pair(2, 10 * (i + 1))["a"] * 2)
+        with pytest.raises(InferenceFailed):
+            failing.result()
+    blocker.join()
+    assert model.calls[1:] == [6, 2, 2, 2]  # the batch, then each request alone
+
+
+def test_a_dict_whose_inputs_differ_in_length_is_refused():
+    batcher = Batcher(DictModel(), BatchPolicy())
+    with pytest.raises(ValueError, match="same number of instances"):
+        batcher.run({"a": np.zeros((2, 2), np.float32), "b": np.zeros((3, 3), np.float32)}, later())
+    with pytest.raises(ValueError, match="one or more inputs"):
+        batcher.run({}, later())
+
+
+def test_batch_mates_that_differ_in_an_open_dimension_each_run_alone():
+    """A model with a None dimension takes any width, but one per call: requests of two widths queued
+    together cannot be joined, so each runs alone and gets its own answer (no 500, no lost request)."""
+    model = FakeModel()
+    batcher = Batcher(model, BatchPolicy(max_batch_size=64))
+    blocker = hold(model, batcher)
+    narrow, wide = np.ones((2, 1), np.float32), np.ones((1, 3), np.float32)
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.submit(batcher.run, narrow, later()), pool.submit(batcher.run, wide, later())
+        while batcher.queued < 3:
+            time.sleep(0.001)
+        model.gate.set()
+        np.testing.assert_array_equal(first.result()["doubled"], narrow * 2)
+        np.testing.assert_array_equal(second.result()["doubled"], wide * 2)
+    blocker.join()
+    assert sorted(model.calls[1:]) == [1, 2]
 
 
 # -- the real model, in a real gunicorn -----------------------------------------------------------

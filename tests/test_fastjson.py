@@ -49,7 +49,7 @@ def outcome(fn):
         result = fn()
     except ApiError as exc:
         return type(exc).__name__, exc.status, exc.message
-    return "ok", result.batch.dtype.str, result.batch.shape, result.batch.tobytes()
+    return "ok", [(name, batch.dtype.str, batch.shape, batch.tobytes()) for name, batch in result.inputs.items()]
 
 
 def predict(body: bytes, model, tensors: bool, settings=SETTINGS):

@@ -15,7 +15,7 @@ from api.protocols.codecs import json_depth
 from api.errors import ApiError
 from api.protocols.fastjson import numeric_array
 from api.settings import Settings
-from tests.signatures import signature_of
+from tests.signatures import signature_of, two_input_signature
 
 SCALARS = st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats(allow_nan=False) | st.text(max_size=8)
 DOCUMENTS = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
@@ -50,8 +50,9 @@ def test_parse_predict_returns_a_batch_or_raises_an_api_error(document):
     except ApiError as exc:
         assert 400 <= exc.status < 500 and exc.message
         return
-    assert request.batch.dtype == np.float32 and request.batch.shape[1:] == (2, 2)
-    assert np.isfinite(request.batch).all()
+    (batch,) = request.inputs.values()
+    assert batch.dtype == np.float32 and batch.shape[1:] == (2, 2)
+    assert np.isfinite(batch).all()
 
 
 @given(st.lists(st.lists(st.lists(st.floats(-1e6, 1e6), min_size=2, max_size=2), min_size=2, max_size=2),
@@ -59,7 +60,7 @@ def test_parse_predict_returns_a_batch_or_raises_an_api_error(document):
 def test_valid_instances_always_parse_to_the_same_numbers(instances):
     document = {"instances": instances}
     request = tfserving.parse_predict(document, json.dumps(document).encode(), RUNTIME, SETTINGS)
-    assert np.allclose(request.batch, np.asarray(instances, dtype=np.float32))
+    assert np.allclose(request.inputs["image"], np.asarray(instances, dtype=np.float32))
 
 
 # -- the numbers-only fast path (api/fastjson.py) against the ordinary path ----------------------------
@@ -108,7 +109,8 @@ MISLEADING = ['"x": [1, [2]]', '"note": "\\"instances\\": [1]"', '"instances": 3
 def tfserving_layout(tensor: str, draw) -> str:
     key = draw(st.sampled_from(["instances", "inputs"]))
     value = draw(st.sampled_from(["{0}", "{0}", "{0}", '{{"image": {0}}}', '{{"other": {0}}}',
-                                  '{{"image": {0}, "b64": "x"}}']))
+                                  '{{"image": {0}, "b64": "x"}}', '{{"image": {0}, "other": [[1, 2]]}}',
+                                  '{{"other": [[1, 2]], "image": {0}}}', '[{{"image": {0}, "other": [1, 2]}}]']))
     parts = [f'"{key}": ' + value.format(tensor)]
     harmless = st.sampled_from(['"top_k": 1', '"signature_name": "serving_default"'])
     extras = draw(st.lists(harmless, max_size=2))
@@ -123,24 +125,26 @@ def v2_layout(tensor: str, draw) -> str:
     shape = draw(st.lists(st.integers(0, 4), min_size=1, max_size=4))
     outputs = draw(st.sampled_from(["", ', "outputs": [{"name": "probs", '
                                         '"parameters": {"binary_data": true}}]']))
-    return ('{"inputs": [{"name": "image", "shape": %s, "datatype": "FP32", "data": %s}]%s}'
-            % (json.dumps(shape), tensor, outputs))
+    other = draw(st.sampled_from(["", ', {"name": "other", "shape": [1, 2], "datatype": "INT32", "data": [1, 2]}']))
+    return ('{"inputs": [{"name": "image", "shape": %s, "datatype": "FP32", "data": %s}%s]%s}'
+            % (json.dumps(shape), tensor, other, outputs))
 
 
 FAST_SETTINGS = Settings(max_instances=3, max_json_depth=6, max_tensor_elements=40)
 MODELS = [signature_of(shape, dtype)
           for dtype, shape in [("float32", (None, None)), ("int32", (None, None)), ("uint8", (None,)),
                                ("float32", ()), ("float16", (2, 2)), ("float64", (None, None, None)),
-                               ("int64", (None, None)), ("float32", (None,))]]
+                               ("int64", (None, None)), ("float32", (None,))]] + [
+    two_input_signature((None, None)), two_input_signature((2, 2), other_shape=(None,))]
 
 
 def outcome(fn):
-    """A parse's batch to the bit, or its error's class and message."""
+    """A parse's batches to the bit, or its error's class and message."""
     try:
-        batch = fn().batch
+        inputs = fn().inputs
     except Exception as exc:  # any exception at all: whatever one path raises, the other must raise too
         return type(exc).__name__, str(exc)
-    return "ok", batch.dtype.str, batch.shape, batch.tobytes()
+    return "ok", [(name, batch.dtype.str, batch.shape, batch.tobytes()) for name, batch in inputs.items()]
 
 
 @hsettings(suppress_health_check=[HealthCheck.too_slow], max_examples=400, deadline=None)

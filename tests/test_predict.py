@@ -103,3 +103,22 @@ def test_health_and_ready(http):
     assert http.get("/ready").json == {"status": "ready", "model": "digits", "versions": [1, 2]}
     assert http.get("/v2/health/ready").json == {"ready": True}
     assert http.get("/v2/models/digits/ready").json == {"name": "digits", "ready": True}
+
+
+def test_a_digit_driven_out_of_range_is_a_422_naming_the_instance(http, digits):
+    """Finite pixels alternating +3e38 and -3e38 make the model compute NaN: never a 200 with nulls. The
+    422 names the instance and the output; the same request without it is answered."""
+    x, _ = digits
+    wild = np.where(np.indices((8, 8, 1)).sum(axis=0) % 2, 3.0e38, -3.0e38).astype(np.float32)
+    batch = np.stack([x[0], x[1], wild])
+    for path, body in [("/predict", {"instances": batch.tolist()}),
+                       ("/v1/models/digits:predict", {"inputs": batch.tolist(), "top_k": 1}),
+                       ("/v2/models/digits/infer", {"inputs": [{"name": "image", "shape": [3, 8, 8, 1],
+                                                                "datatype": "FP32",
+                                                                "data": batch.reshape(-1).tolist()}]})]:
+        answer = http.post(path, json=body)
+        assert answer.status == 422, answer.body[:300]
+        assert answer.headers["Content-Type"].startswith("application/json")
+        assert answer.json["error"].startswith(
+            "instances [2] gave non-finite values (NaN or infinity) in output 'probabilities'")
+    assert http.post("/predict", json={"instances": batch[:2].tolist()}).status == 200

@@ -78,3 +78,16 @@ def test_binary_extension_on_the_wire(server, digits):
     assert output["parameters"]["binary_data_size"] == 3 * 10 * 4 == len(answer.content) - length
     probabilities = np.frombuffer(answer.content[length:], dtype="<f4").reshape(output["shape"])
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_a_non_finite_answer_is_an_exception_naming_the_instance_binary_or_not(client):
+    """Finite inputs that drive the model to NaN: a 422 tritonclient raises, never NaN in a 200."""
+    wild = np.where(np.indices((8, 8, 1)).sum(axis=0) % 2, 3.0e38, -3.0e38).astype(np.float32)
+    batch = np.stack([np.zeros((8, 8, 1), np.float32), wild])
+    for binary in (True, False):
+        tensor = triton.InferInput("image", list(batch.shape), "FP32")
+        tensor.set_data_from_numpy(batch, binary_data=binary)
+        output = triton.InferRequestedOutput("probabilities", binary_data=binary)
+        with pytest.raises(InferenceServerException, match=r"instances \[1\] gave non-finite values") as raised:
+            client.infer("digits", [tensor], outputs=[output])
+        assert raised.value.status() == "422"

@@ -23,6 +23,12 @@ class ModelNameConverter(BaseConverter):
     regex = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 
 
+class VersionLabelConverter(BaseConverter):
+    """Version labels as the store allows them (api/model/store.LABEL): never a number, no ':'."""
+
+    regex = r"[A-Za-z][A-Za-z0-9_.-]{0,63}"
+
+
 class JsonApi(Api):
     """Flask-RESTful with every error, its own included, answered as `{"error": "..."}`."""
 
@@ -60,6 +66,7 @@ def create_app(settings: Settings | None = None, registry=None) -> Flask:
     app = Flask(__name__)
     app.config.update(MAX_CONTENT_LENGTH=settings.max_body_bytes, ERROR_404_HELP=False)
     app.url_map.converters["name"] = ModelNameConverter
+    app.url_map.converters["label"] = VersionLabelConverter
     app.extensions["settings"] = settings
     app.extensions["dataplane"] = DataPlane(registry or ModelRegistry(settings), settings)
     api = JsonApi(app, catch_all_404s=True)

@@ -18,9 +18,15 @@ def _errors(*codes: int) -> dict:
     return {str(code): ERROR for code in codes}
 
 
-def _params(version: bool) -> list[dict]:
+LABEL = {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_.-]{0,63}$"}
+
+
+def _params(version: bool | str) -> list[dict]:
+    """The path's parameters: the model, and a version number (True) or a version label ("label")."""
     params = [{"name": "model", "in": "path", "required": True, "schema": NAME, "example": "digits"}]
-    if version:
+    if version == "label":
+        params.append({"name": "label", "in": "path", "required": True, "schema": LABEL, "example": "stable"})
+    elif version:
         params.append({"name": "version", "in": "path", "required": True,
                        "schema": {"type": "integer", "minimum": 0, "maximum": 2**31}, "example": 1})
     return params
@@ -32,7 +38,7 @@ def _body(schema: str) -> dict:
 
 def _predict_op(summary: str, version: bool | None) -> dict:
     op = {"summary": summary, "requestBody": _body("PredictRequest"),
-          "responses": {"200": _ok("PredictResponse"), **_errors(400, 404, 413, 415, 503)}}
+          "responses": {"200": _ok("PredictResponse"), **_errors(400, 404, 413, 415, 422, 503)}}
     if version is not None:
         op["parameters"] = _params(version)
     return {"post": op}
@@ -51,24 +57,35 @@ def _infer_op(version: bool) -> dict:
     return {"post": {
         "summary": "KServe v2 inference; JSON, or JSON + binary tensors (Inference-Header-Content-Length)",
         "parameters": _params(version), "requestBody": _body("InferRequest"),
-        "responses": {"200": ok, **_errors(400, 404, 413, 415, 503)}}}
+        "responses": {"200": ok, **_errors(400, 404, 413, 415, 422, 503)}}}
 
 
 def _schemas(settings) -> dict:
     number_tree = {}  # any nesting of numbers; the model's shape decides what is accepted
-    instance = {"anyOf": [{"type": "number"}, {"type": "array", "items": number_tree},
-                          {"type": "object", "properties": {"b64": {"type": "string", "format": "byte"}},
-                           "required": ["b64"], "additionalProperties": False}]}
+    image = {"type": "object", "properties": {"b64": {"type": "string", "format": "byte"}},
+             "required": ["b64"], "additionalProperties": False}
+    tensor = {"anyOf": [{"type": "number"}, {"type": "array", "items": number_tree}, image]}
+    named = {"type": "object", "description": "one value per input name (models with several inputs)",
+             "additionalProperties": tensor}
+    instance = {"anyOf": [*tensor["anyOf"], named]}
     return {
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
         "PredictRequest": {
             "type": "object", "additionalProperties": False,
             "description": "Exactly one of instances (row format) or inputs (columnar format).",
             "properties": {
-                "instances": {"type": "array", "minItems": 1, "maxItems": settings.max_instances, "items": instance},
-                "inputs": {"type": "array", "minItems": 1, "maxItems": settings.max_instances, "items": instance},
+                "instances": {"anyOf": [
+                    {"type": "array", "minItems": 1, "maxItems": settings.max_instances, "items": instance},
+                    named]},
+                "inputs": {"anyOf": [
+                    {"type": "array", "minItems": 1, "maxItems": settings.max_instances, "items": instance},
+                    named]},
                 "signature_name": {"type": "string", "enum": ["serving_default"]},
-                "top_k": {"type": "integer", "minimum": 1, "maximum": settings.max_top_k}},
+                "top_k": {"anyOf": [
+                    {"type": "integer", "minimum": 1, "maximum": settings.max_top_k},
+                    {"type": "object", "required": ["k"], "additionalProperties": False, "properties": {
+                        "k": {"type": "integer", "minimum": 1, "maximum": settings.max_top_k},
+                        "output": {"type": "string"}}}]}},
             "example": {"instances": [[[[0.0]] * 8] * 8], "top_k": 3}},
         "PredictResponse": {"type": "object", "properties": {
             "predictions": {}, "outputs": {},
@@ -90,12 +107,12 @@ def _schemas(settings) -> dict:
             "name": {"type": "string"}, "datatype": {"type": "string"},
             "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
             "parameters": {"type": "object"}, "data": {"type": "array"}}},
-        "InferRequest": {"type": "object", "required": ["inputs"], "additionalProperties": False,
+        "InferRequest": {"type": "object", "required": ["inputs"],
                          "example": {"inputs": [{"name": "image", "shape": [1, 8, 8, 1], "datatype": "FP32",
                                                  "data": [0.0] * 64}]},
                          "properties": {
             "id": {"type": "string"}, "parameters": {"type": "object"},
-            "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": _ref("InferTensor")},
+            "inputs": {"type": "array", "minItems": 1, "items": _ref("InferTensor")},
             "outputs": {"type": "array", "items": {"type": "object", "required": ["name"]}}}},
         "InferResponse": {"type": "object", "required": ["model_name", "outputs"], "properties": {
             "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
@@ -113,6 +130,11 @@ def document() -> dict:
         "/v1/models/{model}/versions/{version}": _get("ModelStatus", "Model status, one version", True),
         "/v1/models/{model}/metadata": _get("TFMetadata", "TensorFlow Serving model metadata", False),
         "/v1/models/{model}/versions/{version}/metadata": _get("TFMetadata", "Model metadata, one version", True),
+        "/v1/models/{model}/labels/{label}:predict": _predict_op("TensorFlow Serving predict, the version a label "
+                                                                 "names (the store's version_labels.json)", "label"),
+        "/v1/models/{model}/labels/{label}": _get("ModelStatus", "Model status, by version label", "label"),
+        "/v1/models/{model}/labels/{label}/metadata": _get("TFMetadata", "Model metadata, by version label",
+                                                           "label"),
         "/v2": _get("ServerMetadata", "KServe v2 server metadata", None, ()),
         "/v2/health/live": _get("V2Live", "KServe v2 liveness", None, ()),
         "/v2/health/ready": _get("V2Ready", "KServe v2 readiness: 503 until the model is warm", None, (503,)),

@@ -26,6 +26,15 @@ def request_body() -> bytes:
     return decode_body(data, request.headers.get("Content-Encoding"), limit)
 
 
+class Labelled(Resource):
+    """TF Serving's `/labels/<label>` routes: the label becomes the version it names, before anything else."""
+
+    def dispatch_request(self, *args, **kwargs):
+        if "label" in kwargs:
+            kwargs["version"] = plane().registry.version_for_label(kwargs["model"], kwargs.pop("label"))
+        return super().dispatch_request(*args, **kwargs)
+
+
 class Inference(Resource):
     """Inference routes shed load before reading the body: see DataPlane.admit."""
 
@@ -45,19 +54,19 @@ class Predict(Inference):
                                          request.content_type, g.call)
 
 
-class TFPredict(Inference):
+class TFPredict(Labelled, Inference):
     def post(self, model, version=None):
         return plane().tfserving_predict(model, version, request_body(),
                                          request.content_type, g.call)
 
 
-class TFModelStatus(Resource):
+class TFModelStatus(Labelled):
     def get(self, model, version=None):
         plane().registry.get(model, version)
         return plane().model_status(model)
 
 
-class TFModelMetadata(Resource):
+class TFModelMetadata(Labelled):
     def get(self, model, version=None):
         return plane().tf_metadata(model, version)
 
@@ -133,10 +142,13 @@ class OpenAPI(Resource):
 
 ROUTES = [
     (Predict, ["/predict"]),
-    (TFPredict, ["/v1/models/<name:model>:predict", "/v1/models/<name:model>/versions/<int:version>:predict"]),
-    (TFModelStatus, ["/v1/models/<name:model>", "/v1/models/<name:model>/versions/<int:version>"]),
+    (TFPredict, ["/v1/models/<name:model>:predict", "/v1/models/<name:model>/versions/<int:version>:predict",
+                 "/v1/models/<name:model>/labels/<label:label>:predict"]),
+    (TFModelStatus, ["/v1/models/<name:model>", "/v1/models/<name:model>/versions/<int:version>",
+                     "/v1/models/<name:model>/labels/<label:label>"]),
     (TFModelMetadata, ["/v1/models/<name:model>/metadata",
-                       "/v1/models/<name:model>/versions/<int:version>/metadata"]),
+                       "/v1/models/<name:model>/versions/<int:version>/metadata",
+                       "/v1/models/<name:model>/labels/<label:label>/metadata"]),
     (V2Server, ["/v2"]),
     (Live, ["/health"]),
     (Ready, ["/ready"]),

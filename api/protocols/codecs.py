@@ -11,7 +11,7 @@ import numpy as np
 import orjson
 
 from api.protocols import fastjson
-from api.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from api.errors import InvalidInput, NonFiniteOutput, PayloadTooLarge, UnsupportedMediaType
 
 JSON_TYPES = ("application/json",)
 _OPEN = np.zeros(256, dtype=np.int8)
@@ -200,3 +200,32 @@ def check_instance_shape(got: tuple[int, ...], expected: tuple[int | None, ...],
     if len(got) != len(expected) or any(e is not None and e != g for e, g in zip(expected, got)):
         want = "[" + ", ".join("any" if e is None else str(e) for e in expected) + "]"
         raise InvalidInput(f"{what} has instances of shape {list(got)}; the model takes {want}")
+
+
+SHOWN_INSTANCES = 20
+"""How many instance indexes a NonFiniteOutput message lists per output before it only counts them."""
+
+
+def check_finite_outputs(outputs: dict[str, np.ndarray], names=None) -> None:
+    """Refuse one request's outputs if any value in them is NaN or infinity (JSON has neither).
+
+    `outputs`: output name -> array [instances, ...] of this request alone (the batcher's slice, so a
+    batch-mate's values never count); `names`: the outputs to check, those the answer will carry
+    (None: all). Integer and boolean outputs are always finite. Raises NonFiniteOutput (422) naming, per
+    output, the instance indexes that came out non-finite, e.g.
+    `instances [0, 2] gave non-finite values (NaN or infinity) in output 'probabilities'`.
+    """
+    problems = []
+    for name in outputs if names is None else names:
+        value = outputs[name]
+        if value.dtype.kind not in "fc" or not value.size or np.isfinite(value).all():
+            continue  # the common case costs one vectorised pass per output
+        if value.ndim == 0:
+            problems.append(f"output '{name}' is non-finite (NaN or infinity)")
+            continue
+        bad = np.flatnonzero(~np.isfinite(value.reshape(len(value), -1)).all(axis=1))
+        shown = ", ".join(map(str, bad[:SHOWN_INSTANCES]))
+        more = f", ... ({len(bad)} in all)" if len(bad) > SHOWN_INSTANCES else ""
+        problems.append(f"instances [{shown}{more}] gave non-finite values (NaN or infinity) in output '{name}'")
+    if problems:
+        raise NonFiniteOutput("; ".join(problems) + ": the model is out of its range for these inputs")

@@ -5,8 +5,22 @@ A request is JSON, or JSON followed by raw tensor bytes when the header
 `"parameters": {"binary_data_size": N}` instead of `"data"`. Outputs come back as JSON `data`, or as
 raw bytes after the JSON when the request asks (`binary_data` per output, or `binary_data_output`
 for all), which is what tritonclient does by default.
+
+A model with several inputs takes one tensor per input, by name, in any order, each checked against its
+own input's datatype and shape, all with the same batch dimension; binary inputs take their bytes one
+after another in the order the tensors are listed. Missing, unknown or repeated input names are a 400
+naming them. Outputs are answered by name: those `outputs` lists (in its order), or every output when it
+is absent or an empty list (as Triton does). Outputs the model computed as NaN or infinity are a 422
+(api/protocols/codecs.check_finite_outputs), JSON and binary alike.
+
+As Triton and KServe's clients expect: top-level keys the protocol does not define (`model_name`, which
+KServe's SDK always sends) are ignored, as Triton ignores them. Triton's classification extension:
+`"parameters": {"classification": N}` on an output answers, per instance, its N best classes as BYTES
+strings `"score:index:label"`, best first (labels from the version's labels.txt, for the first output;
+`"score:index"` otherwise), shape [n, N]. A parameter of an extension we do not implement (sequence
+batching, scheduling priority and timeout, shared memory) is a 400 naming it, never silently ignored.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,14 +35,24 @@ DATATYPES = {
     "FP16": "float16", "FP32": "float32", "FP64": "float64",
 }
 V2_NAMES = {np.dtype(v): k for k, v in DATATYPES.items()}
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "classification"]
+UNSUPPORTED = {  # parameters of Triton's extensions we do not implement, by where they may appear
+    "request": {"sequence_id": "sequence", "sequence_start": "sequence", "sequence_end": "sequence",
+                "priority": "schedule_policy", "timeout": "schedule_policy"},
+    "tensor": {"shared_memory_region": "shared_memory", "shared_memory_byte_size": "shared_memory",
+               "shared_memory_offset": "shared_memory"},
+}
 
 
 @dataclass(frozen=True)
 class InferRequest:
+    """A parsed inference request. `inputs`: input name -> batch [n, *instance shape] in that input's
+    dtype, every input of the model in the signature's order, the same n for all; `outputs`: output name
+    -> send as binary, the outputs to answer in their order."""
     id: str | None
-    batch: np.ndarray
-    outputs: dict[str, bool]  # output name -> send as binary
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, bool]
+    classification: dict[str, int] = field(default_factory=dict)  # output name -> classes to answer
 
 
 def parse_header_length(value: str | None, body_length: int) -> int | None:
@@ -43,30 +67,48 @@ def parse_header_length(value: str | None, body_length: int) -> int | None:
 
 
 def parse_infer(body: bytes, header_length: int | None, signature: ModelSignature, settings) -> InferRequest:
+    """The request in `body` (its JSON part `header_length` bytes long when binary tensors follow) checked
+    against the signature and the limits in `settings`; raises InvalidInput (400) or PayloadTooLarge (413)."""
     json_part, binary = (body[:header_length], body[header_length:]) if header_length else (body, b"")
     document = load_json(json_part, settings.max_json_depth, tensors=True)
-    unknown = set(document) - {"id", "parameters", "inputs", "outputs"}
-    if unknown:
-        raise InvalidInput(f"unknown key(s) {sorted(unknown)} in the inference request")
     request_id = document.get("id")
     if "id" in document and not isinstance(request_id, str):
         raise InvalidInput("'id' must be a string")
+    names = list(signature.inputs)
     inputs = document.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise InvalidInput(f"'inputs' must be a list of exactly one tensor, '{signature.input.name}'")
-    batch, used = _input_tensor(inputs[0], binary, json_part, signature, settings)
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(t, dict) for t in inputs):
+        raise InvalidInput(f"'inputs' must be a list of tensor objects, one per model input: {names}")
+    given = []
+    for tensor in inputs:
+        name = tensor.get("name")
+        if not isinstance(name, str) or name not in signature.inputs:  # a list or object is unhashable
+            raise InvalidInput(f"unknown input {name!r}; the model's input"
+                               + (f" is '{names[0]}'" if len(names) == 1 else f"s are {names}"))
+        if name in given:
+            raise InvalidInput(f"input '{name}' is given twice")
+        given.append(name)
+    missing = [name for name in names if name not in given]
+    if missing:
+        raise InvalidInput(f"missing input(s) {missing}; the model's inputs are {names}")
+    batches, used = {}, 0
+    for tensor in inputs:
+        name = tensor["name"]
+        batches[name], size = _input_tensor(tensor, binary, used, json_part, signature.inputs[name], settings)
+        used += size
     if used != len(binary):
         raise InvalidInput(f"binary data has {len(binary) - used} bytes no input claims")
-    parameters = _object(document.get("parameters", {}), "'parameters'")
+    counts = {name: len(batches[name]) for name in names}
+    if len(set(counts.values())) > 1:
+        raise InvalidInput(f"every input needs the same batch dimension, got {counts}")
+    parameters = _parameters(document.get("parameters", {}), "'parameters'", "request")
     outputs = document["outputs"] if "outputs" in document else ...  # absent: all outputs; null: an error
-    return InferRequest(request_id, batch, _requested_outputs(outputs, parameters, signature))
+    requested, classification = _requested_outputs(outputs, parameters, signature)
+    return InferRequest(request_id, {name: batches[name] for name in names}, requested, classification)
 
 
-def _input_tensor(tensor: dict, binary: bytes, json_part: bytes, signature: ModelSignature, settings):
-    spec = signature.input
-    name, shape, datatype = tensor.get("name"), tensor.get("shape"), tensor.get("datatype")
-    if name != spec.name:
-        raise InvalidInput(f"unknown input {name!r}; the model's input is '{spec.name}'")
+def _input_tensor(tensor: dict, binary: bytes, offset: int, json_part: bytes, spec, settings):
+    """One input tensor, `spec` its input: (batch, bytes of `binary` it took from `offset` on)."""
+    name, shape, datatype = tensor["name"], tensor.get("shape"), tensor.get("datatype")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
                                               for d in shape):
         raise InvalidInput(f"input '{name}': 'shape' must be a list of non-negative integers")
@@ -87,9 +129,9 @@ def _input_tensor(tensor: dict, binary: bytes, json_part: bytes, signature: Mode
     check_instance_shape(tuple(shape[1:]), spec.instance_shape, f"input '{name}'")
     if count == 0:
         raise InvalidInput(f"input '{name}' is empty: its shape {shape} holds no elements")
-    size = _object(tensor.get("parameters", {}), f"input '{name}' parameters").get("binary_data_size")
+    size = _parameters(tensor.get("parameters", {}), f"input '{name}' parameters", "tensor").get("binary_data_size")
     if size is not None:
-        flat, used = _binary_tensor(binary, size, count, spec.dtype, name)
+        flat, used = _binary_tensor(binary, offset, size, count, spec.dtype, name)
     elif "data" in tensor:
         flat, used = to_array(tensor["data"], spec.dtype, f"input '{name}' data", json_part).reshape(-1), 0
     else:
@@ -101,37 +143,63 @@ def _input_tensor(tensor: dict, binary: bytes, json_part: bytes, signature: Mode
     return batch, used
 
 
-def _binary_tensor(binary: bytes, size, count: int, dtype: np.dtype, name: str):
+def _binary_tensor(binary: bytes, offset: int, size, count: int, dtype: np.dtype, name: str):
+    """`count` little-endian values of `dtype` from `binary[offset:]`, `size` bytes."""
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise InvalidInput(f"input '{name}': binary_data_size must be a non-negative integer")
-    if size > len(binary):
-        raise InvalidInput(f"input '{name}': binary_data_size {size} is more than the {len(binary)} "
-                           "bytes after the JSON header")
+    left = len(binary) - offset
+    if size > left:
+        raise InvalidInput(f"input '{name}': binary_data_size {size} is more than the {left} bytes "
+                           + ("after the JSON header" if not offset else "left after the inputs before it"))
     if size != count * dtype.itemsize:
         raise InvalidInput(f"input '{name}': binary_data_size {size} does not match {count} "
                            f"elements of {dtype.name}")
-    return np.frombuffer(binary, dtype=dtype.newbyteorder("<"), count=count), size
+    return np.frombuffer(binary, dtype=dtype.newbyteorder("<"), count=count, offset=offset), size
 
 
-def _requested_outputs(outputs, parameters: dict, signature: ModelSignature) -> dict[str, bool]:
+def _requested_outputs(outputs, parameters: dict, signature: ModelSignature):
+    """(output name -> send as binary, output name -> classes to answer) for the outputs asked."""
     default_binary = parameters.get("binary_data_output", False)
     if not isinstance(default_binary, bool):
         raise InvalidInput("'binary_data_output' must be true or false")
-    if outputs is ...:
-        return {name: default_binary for name in signature.outputs}
+    if outputs is ... or (isinstance(outputs, list) and not outputs):  # absent or []: all, as Triton does
+        return {name: default_binary for name in signature.outputs}, {}
     if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
         raise InvalidInput("'outputs' must be a list of objects with a 'name'")
-    requested = {}
+    requested, classification = {}, {}
     for output in outputs:
         name = output.get("name")
         if not isinstance(name, str) or name not in signature.outputs:  # a list or object is unhashable
             raise InvalidInput(f"unknown output {name!r}; the model's outputs are {sorted(signature.outputs)}")
-        binary = _object(output.get("parameters", {}), f"output '{name}' parameters").get(
-            "binary_data", default_binary)
+        options = _parameters(output.get("parameters", {}), f"output '{name}' parameters", "tensor")
+        binary = options.get("binary_data", default_binary)
         if not isinstance(binary, bool):
             raise InvalidInput(f"output '{name}': 'binary_data' must be true or false")
         requested[name] = binary
-    return requested
+        if "classification" in options:
+            classification[name] = _classes(options["classification"], signature.outputs[name])
+    return requested, classification
+
+
+def _classes(value, info) -> int:
+    """The classification parameter of output `info`: how many classes to answer, 1 to its class count."""
+    if len(info.shape) != 2 or info.shape[1] is None:
+        raise InvalidInput(f"output '{info.name}': classification needs a [batch, classes] output; "
+                           f"this one's shape is {[-1 if d is None else d for d in info.shape]}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= info.shape[1]:
+        raise InvalidInput(f"output '{info.name}': classification must be an integer from 1 to its "
+                           f"{info.shape[1]} classes, got {value!r}")
+    return value
+
+
+def _parameters(value, what: str, where: str) -> dict:
+    """A `parameters` object; a parameter of an extension we do not implement is a 400 naming it."""
+    value = _object(value, what)
+    for name in value:
+        if name in UNSUPPORTED[where]:
+            raise InvalidInput(f"{what}: '{name}' belongs to Triton's {UNSUPPORTED[where][name]} extension, "
+                               f"which this server does not implement (its extensions: {', '.join(EXTENSIONS)})")
+    return value
 
 
 def _object(value, what: str) -> dict:
@@ -141,10 +209,25 @@ def _object(value, what: str) -> dict:
 
 
 def infer_response(signature: ModelSignature, request: InferRequest, outputs: dict[str, np.ndarray]):
-    """The response document and the binary blobs that follow it, in output order."""
+    """The response document and the binary blobs that follow it, in output order: the outputs the
+    request asked for (`outputs`: output name -> this request's [n, ...]), each as JSON `data` (flat, row
+    major) or as `binary_data_size` little-endian bytes."""
     tensors, blobs = [], []
+    first = next(iter(signature.outputs))
     for name, binary in request.outputs.items():
         array = outputs[name]
+        if name in request.classification:
+            labels = signature.labels if name == first else ()
+            classes = classify(array, request.classification[name], labels)
+            tensor = {"name": name, "datatype": "BYTES", "shape": [len(classes), request.classification[name]]}
+            if binary:
+                blob = b"".join(len(item).to_bytes(4, "little") + item for row in classes for item in row)
+                tensor["parameters"] = {"binary_data_size": len(blob)}
+                blobs.append(blob)
+            else:
+                tensor["data"] = [item.decode() for row in classes for item in row]
+            tensors.append(tensor)
+            continue
         tensor = {"name": name, "datatype": V2_NAMES[array.dtype], "shape": list(array.shape)}
         if binary:
             blob = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
@@ -160,11 +243,22 @@ def infer_response(signature: ModelSignature, request: InferRequest, outputs: di
     return document, blobs
 
 
+def classify(scores: np.ndarray, count: int, labels: tuple[str, ...]) -> list[list[bytes]]:
+    """Per row of `scores` [n, classes], its `count` best classes as Triton's classification extension
+    writes them: `b"score:index:label"` (`b"score:index"` without labels), best first, ties by index."""
+    best = np.argsort(-scores, axis=1, kind="stable")[:, :count]
+    named = len(labels) == scores.shape[1]
+    return [[(f"{row[c]:f}:{c}:{labels[c]}" if named else f"{row[c]:f}:{c}").encode() for c in cols]
+            for row, cols in zip(scores, best)]
+
+
 def model_metadata(signature: ModelSignature, versions: list[int]) -> dict:
+    """`GET /v2/models/<name>`: every input and output with its datatype and shape (-1: any size)."""
     def tensor(info):
         return {"name": info.name, "datatype": V2_NAMES.get(info.dtype, info.dtype.name.upper()),
                 "shape": [-1 if d is None else d for d in info.shape]}
 
     return {"name": signature.name, "versions": [str(v) for v in versions],
             "platform": "tensorflow_savedmodel" if signature.format == "saved_model" else "keras",
-            "inputs": [tensor(i) for i in signature.inputs.values()], "outputs": [tensor(o) for o in signature.outputs.values()]}
+            "inputs": [tensor(i) for i in signature.inputs.values()],
+            "outputs": [tensor(o) for o in signature.outputs.values()]}

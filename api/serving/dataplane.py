@@ -2,6 +2,11 @@
 
 The HTTP resources call these methods with bytes and headers and send back what they return;
 nothing here touches Flask, and nothing in the resources touches numpy or TensorFlow.
+
+Every inference route answers a request whose outputs hold NaN or infinity with NonFiniteOutput (422),
+never 200: the check runs on the request's own slice of the batch (after `Batcher.run`), so its
+batch-mates are answered as usual, and on the outputs the answer carries (all of them for TensorFlow
+Serving's routes, those a v2 request asks for).
 """
 import os
 import time
@@ -11,7 +16,7 @@ from typing import Callable
 from api.errors import Unavailable
 from api.process.markers import is_draining
 from api.protocols import tfserving, v2
-from api.protocols.codecs import dump_json, load_json, require_json
+from api.protocols.codecs import check_finite_outputs, dump_json, load_json, require_json
 from api.serving.registry import ModelRegistry, ServedVersion
 from api.settings import Settings
 from api.version import __version__
@@ -65,12 +70,16 @@ class DataPlane:
 
     def tfserving_predict(self, name: str, version: int | None, body: bytes, content_type: str | None,
                 call: Call | None = None) -> dict:
+        """A TensorFlow Serving predict: the answer document (api/protocols/tfserving.py has its forms).
+        Raises the ApiError the request ends in: 4xx for the request, 422 for non-finite outputs, 503
+        and 504 from the batcher."""
         served = self.registry.get(name, version)
         require_json(content_type)
         document = load_json(body, self.settings.max_json_depth, tensors=True)
         request = tfserving.parse_predict(document, body, served.signature, self.settings)
-        outputs = self._run(served, request.batch, call)
-        return tfserving.predict_response(outputs, request, served.signature.labels)
+        outputs = self._run(served, request.inputs, call)
+        check_finite_outputs(outputs)
+        return tfserving.predict_response(outputs, request, served.signature)
 
     def infer(self, name: str, version: int | None, body: bytes, content_type: str | None,
               header_length: str | None, call: Call | None = None) -> tuple[bytes, dict[str, str]]:
@@ -80,7 +89,8 @@ class DataPlane:
         if length is None:
             require_json(content_type)
         request = v2.parse_infer(body, length, served.signature, self.settings)
-        outputs = self._run(served, request.batch, call)
+        outputs = self._run(served, request.inputs, call)
+        check_finite_outputs(outputs, request.outputs)
         document, blobs = v2.infer_response(served.signature, request, outputs)
         head = dump_json(document)
         if not blobs:
@@ -88,10 +98,13 @@ class DataPlane:
         return head + b"".join(blobs), {"Content-Type": "application/octet-stream",
                                         v2.HEADER: str(len(head))}
 
-    def _run(self, served: ServedVersion, batch, call: Call | None):
+    def _run(self, served: ServedVersion, inputs: dict, call: Call | None) -> dict:
+        """`inputs` (input name -> [n, ...], every input) through the version's batcher: this request's
+        outputs, output name -> [n, ...]."""
         call = call or Call(time.monotonic() + self.settings.request_timeout)
-        call.model, call.version, call.instances = served.signature.name, served.signature.version, len(batch)
-        return served.batcher.run(batch, call.deadline, call.client_gone, call.start_by)
+        call.model, call.version = served.signature.name, served.signature.version
+        call.instances = len(next(iter(inputs.values())))
+        return served.batcher.run(inputs, call.deadline, call.client_gone, call.start_by)
 
     # -- status and metadata ----------------------------------------------------------------------
     def model_status(self, name: str) -> dict:

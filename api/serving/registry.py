@@ -15,7 +15,7 @@ from api import metrics
 from api.batching import Batcher, event_loop_hooks, native_runner
 from api.errors import NotFound, Unavailable
 from api.model.signature import ModelSignature
-from api.model.store import StoreError, list_versions, read_version, select_versions
+from api.model.store import StoreError, list_versions, read_version, read_version_labels, select_versions
 from api.process.markers import mark_ready, unmark
 from api.settings import Settings
 
@@ -40,6 +40,7 @@ class ModelRegistry:
         self.error = ""
         self.loads = 0
         self._served: dict[int, ServedVersion] = {}
+        self.labels: dict[str, int] = {}  # version labels (store's version_labels.json): label -> version
 
     # -- life cycle -------------------------------------------------------------------------------
     def load(self, run=None, announce: bool = True) -> None:
@@ -109,6 +110,15 @@ class ModelRegistry:
                            f"(loaded: {', '.join(map(str, sorted(self._served)))})")
         return self._served[version]
 
+    def version_for_label(self, name: str, label: str) -> int:
+        """The version a label names (TF Serving's `/labels/<label>` routes): NotFound (404) naming an
+        unknown label and the labels there are; the version itself is then looked up as any other."""
+        self.get(name)  # another model: 404; loading or failed: 503
+        if label not in self.labels:
+            known = ", ".join(sorted(self.labels)) or "none"
+            raise NotFound(f"model '{name}' has no version labelled '{label}' (labels: {known})")
+        return self.labels[label]
+
     def versions(self) -> list[int]:
         return sorted(self._served)
 
@@ -118,6 +128,7 @@ class ModelRegistry:
         if not available:
             raise StoreError(f"no versions of '{self.name}' under {self.settings.model_store}")
         selected = select_versions(available, self.settings.model_versions)
+        self.labels = read_version_labels(self.settings.model_store, self.name)
         # TensorFlow's import asks `platform` (cached), which spawns a process: do it here, where a
         # gevent worker can; its patched subprocess does not work on a native thread.
         platform.processor()

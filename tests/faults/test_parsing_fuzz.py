@@ -29,7 +29,7 @@ from api.settings import Settings
 from api.model.store import ImageSpec
 from tests.test_parsing_properties import reference_depth
 from api.serving.registry import ServedVersion
-from tests.signatures import signature_of
+from tests.signatures import signature_of, two_input_signature
 
 # A test run is the same every time; FUZZ_EXAMPLES=5000 hunts longer, with fresh random examples.
 HUNT = int(os.environ.get("FUZZ_EXAMPLES", 0))
@@ -40,17 +40,27 @@ SETTINGS = Settings(max_instances=8, max_tensor_elements=8 * 64, max_json_depth=
 
 
 class Batcher:
-    """The model's stand-in: ten scores per instance, as digits answers."""
+    """The model's stand-in: ten scores per instance, as digits answers; what the protocols hand the
+    batcher is checked: every input of the signature, finite, with the same number of instances."""
+
+    def __init__(self, signature=None):
+        self.signature = signature
 
     def run(self, batch, deadline, client_gone=None, start_by=None):
-        assert batch.ndim >= 1 and np.isfinite(batch).all()
-        return {"probs": np.full((len(batch), 10), 0.1, dtype=np.float32)}
+        assert isinstance(batch, dict) and list(batch) == list(self.signature.inputs)
+        assert len({len(value) for value in batch.values()}) == 1
+        for name, value in batch.items():
+            info = self.signature.inputs[name]
+            assert value.ndim == len(info.shape) and value.dtype == info.dtype and np.isfinite(value).all()
+        n = len(next(iter(batch.values())))
+        return {name: np.full((n, *(d or 1 for d in info.instance_shape)), 0.1, dtype=info.dtype)
+                for name, info in self.signature.outputs.items()}
 
 
 def runtime(shape=(8, 8, 1), dtype="float32", color_mode="L"):
     signature = signature_of(shape, dtype, labels=tuple("0123456789"),
                              image=ImageSpec(color_mode=color_mode, resize="box"))
-    return ServedVersion(signature, runtime=None, batcher=Batcher())
+    return ServedVersion(signature, runtime=None, batcher=Batcher(signature))
 
 
 # digits' input; a vector of any length (a None dimension); an int model; an RGB image model.
@@ -255,7 +265,7 @@ def test_v2_infer_answers_or_refuses_with_a_4xx(model, data):
     with only_api_errors():
         answer, headers = plane(model).infer("digits", None, body, content_type, header)
         head = answer[:int(headers[v2.HEADER])] if v2.HEADER in headers else answer
-        assert isinstance(orjson.loads(head)["outputs"], list)  # empty when the request asked for none
+        assert orjson.loads(head)["outputs"]  # an empty 'outputs' list asks for all of them
 
 
 @FUZZ
@@ -273,6 +283,117 @@ def test_header_length_is_a_length_within_the_body_or_a_400(value, body_length):
     with only_api_errors():
         length = v2.parse_header_length(value, body_length)
         assert 0 < length <= body_length and str(length) == value.lstrip("0")
+
+
+# -- a model with two inputs (an image and an int vector of any length) and two outputs ----------------
+PAIR_SIGNATURE = two_input_signature((4, 4, 1), other_shape=(None,), image=ImageSpec(color_mode="L", resize="box"))
+PAIR = ServedVersion(PAIR_SIGNATURE, runtime=None, batcher=Batcher(PAIR_SIGNATURE))
+PAIR_FIELDS = ["names", "count", "instance", "image", "top_k", "ragged", "form"]
+
+
+@st.composite
+def pair_predict_bodies(draw):
+    """A valid two-input body, row or columnar, with none, one or two of its parts broken."""
+    broken = draw(st.sets(st.sampled_from(PAIR_FIELDS), max_size=2))
+    count = draw(st.integers(0, SETTINGS.max_instances + 1) if "count" in broken
+                 else st.integers(1, SETTINGS.max_instances))
+    width = draw(st.integers(1, 3))  # `other` takes any length, one per request
+
+    def instance():
+        if "image" not in broken and draw(st.booleans()):
+            image = {"b64": base64.b64encode(draw(image_files(max_side=12))).decode()}
+        elif "image" in broken:
+            image = draw(DOCUMENTS | arrays((4, 4, 1)))
+        else:
+            image = draw(st.lists(NUMBERS, min_size=16, max_size=16).map(
+                lambda flat: np.asarray(flat, dtype=object).reshape(4, 4, 1).tolist()))
+        length = width + draw(st.integers(0, 1)) if "ragged" in broken else width
+        other = draw(st.lists(st.integers(-5, 300), min_size=length, max_size=length))
+        if "instance" in broken and draw(st.booleans()):
+            other = draw(DOCUMENTS)
+        return {"image": image, "other": other}
+
+    rows = [instance() for _ in range(count)]
+    if "names" in broken and rows:
+        row = rows[draw(st.integers(0, len(rows) - 1))]
+        row.pop(draw(st.sampled_from(["image", "other"])))
+        if draw(st.booleans()):
+            row[draw(KEYS)] = draw(DOCUMENTS)
+    if draw(st.booleans()):
+        columns = {name: [row[name] for row in rows if name in row] for name in ("image", "other")}
+        if "form" in broken:
+            columns["other"] = columns["other"][1:]
+        document = {"inputs": columns}
+    else:
+        document = {"instances": rows if "form" not in broken else [list(row.values()) for row in rows]}
+    if draw(st.booleans()) or "top_k" in broken:
+        document["top_k"] = draw(DOCUMENTS | st.integers(-1, 12) if "top_k" in broken else st.integers(1, 3)
+                                 | st.fixed_dictionaries({"k": st.integers(1, 3),
+                                                          "output": st.sampled_from(["probs", "extra"])}))
+    return dumps(document)
+
+
+@FUZZ
+@given(data=st.data())
+def test_a_two_input_model_answers_or_refuses_with_a_4xx(data):
+    body = data.draw(pair_predict_bodies() | st.builds(dumps, DOCUMENTS))
+    with only_api_errors():
+        answer = plane(PAIR).tfserving_predict("digits", None, body, "application/json")
+        answer = orjson.loads(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY))
+        if "predictions" in answer:  # several outputs: an object per instance
+            assert all(set(row) == {"probs", "extra"} for row in answer["predictions"])
+        else:
+            assert set(answer["outputs"]) == {"probs", "extra"}
+
+
+@st.composite
+def pair_v2_requests(draw):
+    """(body, header): two input tensors, each JSON or binary, in any order, with parts broken."""
+    broken = draw(st.sets(st.sampled_from(["name", "missing", "twice", "shape", "datatype", "batch", "blob"]),
+                          max_size=2))
+    n, width = draw(st.integers(1, SETTINGS.max_instances)), draw(st.integers(1, 3))
+    specs = [("image", [n, 4, 4, 1], "FP32", np.float32), ("other", [n + ("batch" in broken), width], "INT32",
+                                                                   np.int32)]
+    tensors, blobs = [], []
+    for name, shape, datatype, dtype in specs:
+        if "shape" in broken and draw(st.booleans()):
+            shape = draw(st.lists(DIMS, max_size=4))
+        count = int(np.prod(shape, dtype=object)) if shape and all(isinstance(d, int) and 0 <= d < 64 for d in shape) else 1
+        tensor = {"name": draw(SCALARS) if "name" in broken and draw(st.booleans()) else name, "shape": shape,
+                  "datatype": draw(st.sampled_from(sorted(v2.DATATYPES))) if "datatype" in broken else datatype}
+        values = np.asarray(draw(st.lists(st.integers(0, 9), min_size=count, max_size=count)), dtype=dtype)
+        if draw(st.booleans()):
+            blob = values.astype("<" + np.dtype(dtype).str[1:]).tobytes()
+            if "blob" in broken:
+                blob = blob[:draw(st.integers(0, len(blob)))]
+            tensor["parameters"] = {"binary_data_size": values.nbytes}
+            blobs.append(blob)
+        else:
+            tensor["data"] = values.tolist()
+        tensors.append(tensor)
+    if "missing" in broken:
+        tensors.pop(draw(st.integers(0, 1)))
+    if "twice" in broken:
+        tensors.append(tensors[0])
+    order = draw(st.permutations(range(len(tensors))))
+    document = {"inputs": [tensors[i] for i in order]}
+    if draw(st.booleans()):
+        document["outputs"] = draw(st.lists(st.fixed_dictionaries({"name": st.sampled_from(["probs", "extra"])}),
+                                            max_size=2))
+    head = dumps(document)
+    blob = b"".join(blobs)
+    return head + blob, str(len(head)) if blob else None
+
+
+@FUZZ
+@given(data=st.data())
+def test_v2_infer_on_a_two_input_model_answers_or_refuses_with_a_4xx(data):
+    body, header = data.draw(pair_v2_requests())
+    with only_api_errors():
+        answer, headers = plane(PAIR).infer("digits", None, body, "application/json" if header is None else None,
+                                            header)
+        head = answer[:int(headers[v2.HEADER])] if v2.HEADER in headers else answer
+        assert {t["name"] for t in orjson.loads(head)["outputs"]} <= {"probs", "extra"}
 
 
 # -- JSON depth: never a recursive parser on a deep document ----------------------------------------
