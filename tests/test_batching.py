@@ -63,6 +63,20 @@ def hold(model: FakeModel, batcher: Batcher, batch=None) -> threading.Thread:
     return blocker
 
 
+def answers_while_held(model, batcher: Batcher, batches: list, queued: int, first=None) -> list[dict]:
+    """Send `batches` at once while the model is held on a first request, release it once `queued`
+    instances wait (so they must share calls), and return each request's answer, in order."""
+    blocker = hold(model, batcher, first)
+    with ThreadPoolExecutor(len(batches)) as pool:
+        futures = [pool.submit(batcher.run, batch, later()) for batch in batches]
+        while batcher.queued < queued:
+            time.sleep(0.001)
+        model.gate.set()
+        answers = [f.result() for f in futures]
+    blocker.join()
+    return answers
+
+
 def test_concurrent_requests_share_calls_and_each_gets_its_own_rows():
     model = FakeModel(seconds=0.01)
     batcher = Batcher(model, BatchPolicy(max_batch_size=16))
@@ -79,14 +93,7 @@ def test_concurrent_requests_share_calls_and_each_gets_its_own_rows():
 def test_requests_queued_behind_a_running_call_form_one_batch():
     model = FakeModel()
     batcher = Batcher(model, BatchPolicy(max_batch_size=64))
-    blocker = hold(model, batcher)
-    with ThreadPoolExecutor(8) as pool:
-        futures = [pool.submit(batcher.run, rows(2, 10 * i), later()) for i in range(8)]
-        while batcher.queued < 16:
-            time.sleep(0.001)
-        model.gate.set()
-        answers = [f.result() for f in futures]
-    blocker.join()
+    answers = answers_while_held(model, batcher, [rows(2, 10 * i) for i in range(8)], queued=16)
     assert model.calls == [1, 16]
     for i, answer in enumerate(answers):
         np.testing.assert_array_equal(answer["doubled"], rows(2, 10 * i) * 2)
@@ -289,14 +296,8 @@ def pair(n: int, start: int = 0) -> dict[str, np.ndarray]:
 def test_dict_batches_share_calls_and_each_request_gets_its_own_rows():
     model = DictModel()
     batcher = Batcher(model, BatchPolicy(max_batch_size=64))
-    blocker = hold(model, batcher, pair(1, 1000))
-    with ThreadPoolExecutor(6) as pool:
-        futures = [pool.submit(batcher.run, pair(i + 1, 100 * i), later()) for i in range(6)]
-        while batcher.queued < 21:
-            time.sleep(0.001)
-        model.gate.set()
-        answers = [f.result() for f in futures]
-    blocker.join()
+    answers = answers_while_held(model, batcher, [pair(i + 1, 100 * i) for i in range(6)], queued=21,
+                                 first=pair(1, 1000))
     assert model.calls == [1, 21]
     joined = model.batches[1]
     assert np.array_equal(joined["a"][:, 0], -joined["b"][:, 0])  # rows of a and b stayed together
