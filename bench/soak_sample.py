@@ -90,8 +90,8 @@ def locust_command(host: str, report_dir: Path, model: str, users: int, spawn_ra
 
 
 class Watcher:
-    """Samples the stack's processes and the load. nginx logs to stderr under run_stack.py
-    (render_nginx's default), so its lines are in the stack's log, beside gunicorn's."""
+    """Samples the stack's processes and the load. nginx logs to stderr under the supervisor
+    (api/process/nginx.py's default), so its lines are in the stack's log, beside gunicorn's."""
 
     def __init__(self, stack: OurStack, report_dir: Path):
         self.stack, self.report_dir = stack, report_dir
