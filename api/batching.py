@@ -20,7 +20,8 @@ another thread and back costs more than the call.
 
 A request's batch is one array [instances, ...] or, for a model with several inputs, a dict of arrays
 (input name -> [instances, ...]) that all have the same number of instances: concatenation, padding,
-splitting and slicing work per input key, so a request's rows stay together across its inputs.
+splitting and slicing work per input key, so a request's rows stay together across its inputs. A string
+input is an object array of bytes: it joins and splits as any array does, and pads with b"".
 
 Pure Python and numpy: the model call is injected, so this is tested without TensorFlow.
 """
@@ -314,10 +315,14 @@ def _join(parts: list[Inputs]) -> Inputs:
 
 
 def _pad(batch: Inputs, extra: int) -> Inputs:
-    """Zero instances appended (to reach an allowed batch size); their outputs are never returned."""
+    """Blank instances appended (to reach an allowed batch size): zeros, or empty strings (b"") for a
+    string input (an object array of bytes, whose np.zeros would hold the integer 0, which TensorFlow
+    cannot take as tf.string); their outputs are never returned."""
     if isinstance(batch, dict):
         return {name: _pad(value, extra) for name, value in batch.items()}
-    return np.concatenate([batch, np.zeros((extra, *batch.shape[1:]), batch.dtype)])
+    shape = (extra, *batch.shape[1:])
+    padding = np.full(shape, b"", dtype=object) if batch.dtype == object else np.zeros(shape, batch.dtype)
+    return np.concatenate([batch, padding])
 
 
 class BatchStats:

@@ -2,7 +2,8 @@
 
 The status mapping follows TensorFlow Serving's (invalid argument 400, not found 404, resource
 exhausted 429, unavailable 503, deadline exceeded 504) plus 413 and 415 for the body itself, and 422
-for a finite request the model answered with NaN or infinity (NonFiniteOutput).
+for a finite request the model answered with NaN or infinity (NonFiniteOutput), or whose string output
+cannot be written as the request asked (UnrepresentableOutput: bytes that are not UTF-8, as JSON).
 """
 
 
@@ -35,6 +36,13 @@ class NonFiniteOutput(ApiError):
     """422 Unprocessable Content: the request was valid, but the model computed NaN or infinity for some of
     its instances (values that drive it out of range). JSON cannot carry them (they would go out as
     `null`), so no route answers 200 with them; the message names the instances and the outputs."""
+    status = 422
+
+
+class UnrepresentableOutput(ApiError):
+    """422 Unprocessable Content: the request was valid, but an output it asked for cannot be written in the
+    form it asked for: a string output holding bytes that are not valid UTF-8, asked for as v2 JSON (JSON
+    strings are Unicode). The message names the output and says how to ask for it (binary)."""
     status = 422
 
 

@@ -20,7 +20,7 @@ from tensorflow.core.protobuf import saved_model_pb2  # noqa: E402
 
 from api.errors import InferenceFailed  # noqa: E402
 from api.settings import Settings  # noqa: E402
-from api.model.signature import ModelSignature, TensorInfo  # noqa: E402
+from api.model.signature import STRING, ModelSignature, TensorInfo  # noqa: E402
 from api.model.store import ModelVersion, StoreError  # noqa: E402
 
 log = logging.getLogger("api.runtime")
@@ -110,13 +110,15 @@ class ModelRuntime:
         return self.signature.input
 
     def zeros(self, size: int) -> dict[str, np.ndarray]:
-        """A batch of `size` zero instances for every input (a None dimension taken as 1)."""
-        return {name: np.zeros((size, *(d or 1 for d in info.instance_shape)), dtype=info.dtype)
+        """A batch of `size` blank instances for every input (a None dimension taken as 1): zeros for a
+        numeric input, empty strings (b"") for a string one."""
+        return {name: blank((size, *(d or 1 for d in info.instance_shape)), info.dtype)
                 for name, info in self.inputs.items()}
 
     def warm_up(self, batch_sizes: tuple[int, ...]) -> None:
-        """Run the compiled function at each batch size, zeros for every input, so no request pays for
-        tracing or allocation; `call_seconds` is then the time of one warm call at the largest of them."""
+        """Run the compiled function at each batch size, blank instances for every input (zeros, or b""
+        for strings), so no request pays for tracing or allocation; `call_seconds` is then the time of
+        one warm call at the largest of them."""
         started = time.perf_counter()
         for size in batch_sizes:
             self.infer(self.zeros(size))
@@ -133,9 +135,11 @@ class ModelRuntime:
         """One compiled call, on the calling thread (the batcher's inference thread when serving).
 
         `batch`: input name -> array [n, *instance shape] in the input's dtype, one per input, the same n
-        for all (a single-input model also takes the bare array). Returns output name -> array [n, ...]
-        in the dtype `outputs` declares. Raises InferenceFailed (400) when TensorFlow refuses the values,
-        ValueError when an input is missing (a caller's bug: the protocols check names first).
+        for all (a single-input model also takes the bare array); a string input's array is an object
+        array of bytes (STRING), which TensorFlow takes as tf.string. Returns output name -> array
+        [n, ...] in the dtype `outputs` declares (a string output: an object array of bytes). Raises
+        InferenceFailed (400) when TensorFlow refuses the values, ValueError when an input is missing (a
+        caller's bug: the protocols check names first).
         """
         if not isinstance(batch, dict):
             if len(self._names) != 1:
@@ -173,6 +177,17 @@ def _as_served(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return value if value.dtype == dtype else value.astype(dtype)
 
 
+def blank(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An array of `shape` holding nothing: zeros, or empty strings (b"") for a string dtype."""
+    return np.full(shape, b"", dtype=STRING) if dtype == STRING else np.zeros(shape, dtype=dtype)
+
+
+def _numpy_dtype(dtype) -> np.dtype:
+    """The numpy dtype of a TensorFlow or Keras dtype ("float32", "string", tf.string...): tf.string is
+    STRING, an object array of bytes, as TensorFlow's own `.numpy()` gives it."""
+    return np.dtype(tf.as_dtype(dtype).as_numpy_dtype)
+
+
 def _compile_keras(version: ModelVersion, xla: bool = False, mixed_precision: bool = False):
     try:
         # safe_mode refuses Lambda layers and arbitrary callables in the archive's config.
@@ -186,7 +201,7 @@ def _compile_keras(version: ModelVersion, xla: bool = False, mixed_precision: bo
     structure = _structure(model, "input", model.inputs)
     input_names = _names(structure, [_tensor_name(spec, f"input_{i}") for i, spec in enumerate(model.inputs)],
                          "input")
-    inputs = {name: TensorInfo(name, np.dtype(spec.dtype), tuple(spec.shape))
+    inputs = {name: TensorInfo(name, _numpy_dtype(spec.dtype), tuple(spec.shape))
               for name, spec in zip(input_names, model.inputs)}
     output_names = _names(_structure(model, "output", model.outputs), _output_names(model), "output")
 
@@ -197,9 +212,14 @@ def _compile_keras(version: ModelVersion, xla: bool = False, mixed_precision: bo
         result = model(keras.tree.pack_sequence_as(structure, list(tensors)), training=False)
         return dict(zip(output_names, keras.tree.flatten(result), strict=True))
 
-    outputs = {name: TensorInfo(name, np.dtype(out.dtype), tuple(out.shape))
+    # Trace now, once: the signature fixes every later call to it. The traced graph knows each output's
+    # real dtype where Keras's symbolic one can be wrong (StringLookup(invert=True) declares int64 and
+    # gives tf.string): a string output is a string whatever Keras says; otherwise Keras's dtype is the
+    # one served (float32 for a mixed-precision model's float16, see _as_served).
+    traced = serve.get_concrete_function().structured_outputs
+    outputs = {name: TensorInfo(name, STRING if traced[name].dtype == tf.string else _numpy_dtype(out.dtype),
+                                tuple(out.shape))
                for name, out in zip(output_names, model.outputs)}
-    serve.get_concrete_function()  # trace now, once: the signature fixes every later call to it
     serve.model = model  # keep the variables alive with the function
     return serve, inputs, outputs
 
@@ -238,11 +258,18 @@ def _in_mixed_precision(model):
     kept = _output_layers(config["config"].get("output_layers")) or {layers[-1].get("config", {}).get("name")}
     for layer in layers:
         name = layer.get("config", {}).get("name", layer.get("name"))
-        if layer.get("class_name") != "InputLayer" and name not in kept and layer is not layers[-1]:
+        if (layer.get("class_name") not in _KEEP_DTYPE and name not in kept and layer is not layers[-1]
+                and "dtype" in layer.get("config", {})):  # an op layer (keras.ops.argmax) takes no dtype
             layer["config"]["dtype"] = "mixed_float16"
     clone = keras.saving.deserialize_keras_object(config, safe_mode=True)
     clone.set_weights(model.get_weights())
     return clone
+
+
+_KEEP_DTYPE = {"InputLayer", "StringLookup", "IntegerLookup", "TextVectorization", "Hashing", "HashedCrossing",
+               "CategoryEncoding", "Discretization"}
+"""Layers a mixed-precision rebuild leaves alone: the inputs, and the preprocessing layers whose dtype is
+their output's (indices, counts), not a float compute policy."""
 
 
 def _output_layers(entry) -> set[str]:

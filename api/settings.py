@@ -99,6 +99,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     """Largest request body accepted, in bytes, as sent and once decoded (`Content-Encoding: gzip` or
     `deflate`); larger bodies get 413."""
+    max_string_bytes: int = Field(4 * 1024 * 1024, ge=1)
+    """Longest string or bytes element of a tensor (TF Serving strings and `{"b64"}` bytes, v2 BYTES), in
+    bytes; longer is a 413. Element counts stay bounded by max_tensor_elements and the body limit."""
     gzip_min_bytes: int = Field(1024, ge=0)
     """Answers from this size up (bytes) are gzipped by nginx for clients that send `Accept-Encoding:
     gzip`; 0 turns response compression off."""

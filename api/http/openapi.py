@@ -61,10 +61,14 @@ def _infer_op(version: bool) -> dict:
 
 
 def _schemas(settings) -> dict:
-    number_tree = {}  # any nesting of numbers; the model's shape decides what is accepted
+    number_tree = {}  # any nesting of numbers or strings; the model's shape and dtypes decide what is accepted
     image = {"type": "object", "properties": {"b64": {"type": "string", "format": "byte"}},
-             "required": ["b64"], "additionalProperties": False}
-    tensor = {"anyOf": [{"type": "number"}, {"type": "array", "items": number_tree}, image]}
+             "required": ["b64"], "additionalProperties": False,
+             "description": "base64: an image (PNG or JPEG) for an image-shaped numeric input; raw bytes "
+                            "for a string (DT_STRING) input"}
+    tensor = {"anyOf": [{"type": "number"}, {"type": "boolean"},
+                        {"type": "string", "description": "a string input's value (UTF-8)"},
+                        {"type": "array", "items": number_tree}, image]}
     named = {"type": "object", "description": "one value per input name (models with several inputs)",
              "additionalProperties": tensor}
     instance = {"anyOf": [*tensor["anyOf"], named]}
@@ -104,7 +108,12 @@ def _schemas(settings) -> dict:
         "V2Ready": {"type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"}}},
         "V2Metadata": {"type": "object", "required": ["name", "versions", "platform", "inputs", "outputs"]},
         "InferTensor": {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
-            "name": {"type": "string"}, "datatype": {"type": "string"},
+            "name": {"type": "string"},
+            "datatype": {"type": "string", "enum": ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8",
+                                                    "INT16", "INT32", "INT64", "FP16", "FP32", "FP64",
+                                                    "BYTES"],
+                         "description": "BYTES: strings; JSON data holds strings, binary data each element's "
+                                        "4-byte little-endian length and its bytes"},
             "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
             "parameters": {"type": "object"}, "data": {"type": "array"}}},
         "InferRequest": {"type": "object", "required": ["inputs"],

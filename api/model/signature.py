@@ -6,14 +6,23 @@ import numpy as np
 
 from api.model.store import ImageSpec
 
+STRING = np.dtype(object)
+"""How a string tensor (TensorFlow's tf.string) is held: a numpy object array of `bytes`, as TensorFlow's
+own `.numpy()` gives it. The protocols name it DT_STRING (TensorFlow Serving) and BYTES (v2)."""
+
 
 @dataclass(frozen=True)
 class TensorInfo:
     """One tensor of the signature: its name, numpy dtype and shape, batch dimension first, None where
-    any size fits (TensorFlow's -1)."""
+    any size fits (TensorFlow's -1). A string tensor's dtype is `STRING` (object: its elements `bytes`)."""
     name: str
     dtype: np.dtype
     shape: tuple[int | None, ...]
+
+    @property
+    def is_string(self) -> bool:
+        """A tf.string tensor: its values are bytes (numpy object arrays), not numbers."""
+        return self.dtype == STRING
 
     @property
     def instance_shape(self) -> tuple[int | None, ...]:

@@ -5,6 +5,7 @@ TensorFlow. Hot paths stay in C: orjson parses, numpy converts nested lists in o
 vectorised byte scan bounds JSON nesting before any Python code walks the document. A big tensor of
 numbers skips the Python lists altogether (api/fastjson.py).
 """
+import base64
 import re
 
 import numpy as np
@@ -134,11 +135,13 @@ def dump_json(document) -> bytes:
     return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def to_array(values, dtype: np.dtype, what: str, body: bytes = b"") -> np.ndarray:
-    """Nested JSON lists of numbers to an array of `dtype`; refuses ragged, strings, bools, NaN.
+def to_array(values, dtype: np.dtype, what: str, body: bytes = b"", name: str | None = None) -> np.ndarray:
+    """Nested JSON lists of numbers to an array of `dtype`; refuses ragged, strings, NaN, and booleans
+    unless `dtype` is bool (which takes true and false, or 0 and 1).
 
     `values` may be the ndarray load_json(tensors=True) made of such lists: it holds no booleans
-    (fastjson takes numbers only), so only the cast and its checks remain.
+    (fastjson takes numbers only), so only the cast and its checks remain. `name`, where `what` does
+    not say it, is the input's: messages about the values' type or range then name it.
     """
     if isinstance(values, list) and not values:
         raise InvalidInput(f"{what} is empty")
@@ -148,28 +151,141 @@ def to_array(values, dtype: np.dtype, what: str, body: bytes = b"") -> np.ndarra
         raise InvalidInput(f"{what} is ragged: every row must have the same length") from None
     kind = array.dtype.kind
     lists = not isinstance(values, np.ndarray)
-    if kind == "b" or (kind in "iuf" and lists and _may_hold_bool(body) and _holds_bool(values)):
-        raise InvalidInput(f"{what} holds booleans; expected numbers")
+    takes_bool = np.dtype(dtype).kind == "b"
+    if not takes_bool and (kind == "b" or (kind in "iuf" and lists and _may_hold_bool(body)
+                                           and _holds_bool(values))):
+        raise InvalidInput(f"{what} holds booleans; expected numbers{_takes(name, dtype)}")
+    if kind == "O" and lists and _holds_big_int(values):  # beyond (u)int64: numpy keeps Python ints
+        raise InvalidInput(f"{what} holds values out of the range of {_range(dtype)}{_takes(name, dtype)}")
     if kind in "USO":
         detail = "ragged or holds non-numbers" if kind == "O" else "holds strings"
-        raise InvalidInput(f"{what} {detail}; expected an array of numbers")
-    return cast(array, dtype, what)
+        raise InvalidInput(f"{what} {detail}; expected an array of "
+                           f"{'booleans' if takes_bool else 'numbers'}{_takes(name, dtype)}")
+    return cast(array, dtype, what, name)
 
 
-def cast(array: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
-    """Cast to the model's dtype where no value changes meaning; refuse non-finite floats."""
+def cast(array: np.ndarray, dtype: np.dtype, what: str, name: str | None = None) -> np.ndarray:
+    """Cast to the model's dtype where no value changes meaning: refuse non-finite floats, floats for an
+    integer or bool input, integers out of the dtype's range (300 or -1 for uint8, 2**40 for int32) and,
+    for a bool input, numbers other than 0 and 1. `name`: the input, for messages (see to_array)."""
     dtype = np.dtype(dtype)
-    if dtype.kind in "iu" and array.dtype.kind == "f":
-        raise InvalidInput(f"{what} holds floats but the model takes {dtype.name}")
+    if dtype.kind in "iub" and array.dtype.kind == "f":
+        if _whole_beyond(array, dtype):  # 2**70 in JSON: orjson reads an integer beyond 64 bits as a float
+            raise InvalidInput(f"{what} holds values out of the range of {_range(dtype)}{_takes(name, dtype)}")
+        raise InvalidInput(f"{what} holds floats but {f'input {name!r}' if name else 'the model'} takes "
+                           f"{dtype.name}")
     if array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
         raise InvalidInput(f"{what} holds NaN or infinity; only finite numbers are accepted")
     with np.errstate(over="ignore", invalid="ignore"):
         converted = array.astype(dtype, copy=False)
     if dtype.kind == "f" and converted.size and not np.isfinite(converted).all():
-        raise InvalidInput(f"{what} holds values out of the range of {dtype.name}")
-    if dtype.kind in "iu" and array.size and not np.array_equal(converted, array):
-        raise InvalidInput(f"{what} holds values out of the range of {dtype.name}")
+        raise InvalidInput(f"{what} holds values out of the range of {dtype.name}{_takes(name, dtype)}")
+    if dtype.kind in "iub" and array.size and not np.array_equal(converted, array):
+        raise InvalidInput(f"{what} holds values out of the range of {_range(dtype)}{_takes(name, dtype)}")
     return converted
+
+
+def _range(dtype: np.dtype) -> str:
+    """`uint8 [0, 255]`: an integer dtype and its range, for messages."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "b":
+        return "bool (true, false, 0 or 1)"
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return f"{dtype.name} [{info.min}, {info.max}]"
+    return dtype.name
+
+
+def _whole_beyond(array: np.ndarray, dtype: np.dtype) -> bool:
+    """Floats that are all whole numbers, some beyond the range of the integer (or bool) `dtype`."""
+    if not array.size or not np.isfinite(array).all() or not (array == np.trunc(array)).all():
+        return False
+    low, high = (0, 1) if dtype.kind == "b" else (np.iinfo(dtype).min, np.iinfo(dtype).max)
+    return bool((array < low).any() or (array > high).any())
+
+
+def _takes(name: str | None, dtype: np.dtype) -> str:
+    return f" (input '{name}' takes {np.dtype(dtype).name})" if name else ""
+
+
+def _holds_big_int(values) -> bool:
+    """An integer beyond int64 and uint64 among nested lists (numpy makes an object array of them)."""
+    stack = [values]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, int) and not isinstance(item, bool) and not -2**63 <= item < 2**64:
+            return True
+        if isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def to_bytes_array(values, what: str, name: str, max_bytes: int, b64=None, where=None) -> np.ndarray:
+    """Nested JSON lists of strings to an object array of `bytes` (each string UTF-8 encoded), the form a
+    string input (tf.string) takes; the same shape rules as to_array (ragged is refused). A number,
+    boolean, null or object where a string belongs is a 400 naming input `name`.
+
+    `b64`: how a `{"b64": "..."}` element becomes bytes (TensorFlow Serving's form of raw bytes:
+    images.decode_b64), or None where the protocol has no such form (v2's JSON). `where(index)` names
+    instance `index` in messages (default `what[index]`). An element over `max_bytes` is a 413.
+    """
+    if isinstance(values, np.ndarray):  # load_json(tensors=True) made it: numbers only
+        raise InvalidInput(f"{what} holds numbers; input '{name}' takes strings")
+    if isinstance(values, list) and not values:
+        raise InvalidInput(f"{what} is empty")
+    where = where or (lambda index: f"{what}[{index}]")
+    level, shape = [values], []
+    while level and all(type(item) is list for item in level):  # noqa: E721 - JSON arrays are lists
+        lengths = {len(item) for item in level}
+        if len(lengths) > 1:
+            raise InvalidInput(f"{what} is ragged: every row must have the same length")
+        shape.append(lengths.pop())
+        level = [leaf for item in level for leaf in item]
+    if any(type(item) is list for item in level):  # noqa: E721
+        raise InvalidInput(f"{what} is ragged: every row must have the same length")
+    per_instance = max(1, int(np.prod(shape[1:], dtype=np.int64))) if shape else 1
+    out = []
+    for index, item in enumerate(level):
+        if type(item) is str:  # noqa: E721
+            try:
+                data = item.encode()
+            except UnicodeEncodeError:  # orjson refuses lone surrogates; another front's lists may not
+                raise InvalidInput(f"{where(index // per_instance)}: a string that is not valid Unicode; "
+                                   f"input '{name}' takes strings") from None
+        elif b64 is not None and isinstance(item, dict) and set(item) == {"b64"}:
+            data = b64(item["b64"], where(index // per_instance))
+        else:
+            got = ("a boolean" if isinstance(item, bool) else "null" if item is None else
+                   "a number" if isinstance(item, (int, float)) else "an object" if isinstance(item, dict)
+                   else type(item).__name__)
+            forms = 'a string or {"b64": "..."}' if b64 is not None else "a string"
+            raise InvalidInput(f"{where(index // per_instance)}: expected {forms}, got {got}; "
+                               f"input '{name}' takes strings")
+        if len(data) > max_bytes:
+            raise PayloadTooLarge(f"{where(index // per_instance)}: a string of {len(data)} bytes, over the "
+                                  f"limit of {max_bytes} bytes per element (input '{name}')")
+        out.append(data)
+    array = np.empty(len(out), dtype=object)
+    array[:] = out
+    return array.reshape(shape)
+
+
+def bytes_to_json(array: np.ndarray, b64: bool = False) -> list:
+    """A string tensor (an object array of bytes) as nested JSON lists, TensorFlow Serving's way: each
+    element a string where its bytes are valid UTF-8, else `{"b64": "<base64>"}`; with `b64` (an output
+    whose name ends in `_bytes`) every element `{"b64": ...}`."""
+    flat = array.reshape(-1)
+    out = np.empty(flat.size, dtype=object)
+    for index, item in enumerate(flat):
+        data = item.encode() if isinstance(item, str) else bytes(item)
+        text = None
+        if not b64:
+            try:
+                text = data.decode()
+            except UnicodeDecodeError:
+                pass
+        out[index] = text if text is not None else {"b64": base64.b64encode(data).decode("ascii")}
+    return out.reshape(array.shape).tolist()
 
 
 def _may_hold_bool(body: bytes) -> bool:
@@ -211,7 +327,7 @@ def check_finite_outputs(outputs: dict[str, np.ndarray], names=None) -> None:
 
     `outputs`: output name -> array [instances, ...] of this request alone (the batcher's slice, so a
     batch-mate's values never count); `names`: the outputs to check, those the answer will carry
-    (None: all). Integer and boolean outputs are always finite. Raises NonFiniteOutput (422) naming, per
+    (None: all). Integer, boolean and string outputs are always finite. Raises NonFiniteOutput (422) naming, per
     output, the instance indexes that came out non-finite, e.g.
     `instances [0, 2] gave non-finite values (NaN or infinity) in output 'probabilities'`.
     """

@@ -9,8 +9,21 @@ Requests, for a model whose inputs are `a` and `b` (TensorFlow Serving's two for
   by name, all with the same number of instances. A single-input model also takes `{"inputs": [...]}`.
   (The object of named tensors is taken under `instances` too; the key decides the answer's format.)
 
-An instance may be `{"b64": "<PNG or JPEG>"}` where it feeds an input whose instance shape is an image's
-([height, width] or [height, width, channels]): the version's serving.json says how it becomes numbers.
+An instance may be `{"b64": "<PNG or JPEG>"}` where it feeds a numeric input whose instance shape is an
+image's ([height, width] or [height, width, channels]): the version's serving.json says how it becomes
+numbers.
+
+Strings (a DT_STRING input, tf.string; numpy object arrays of bytes here): a JSON string is its UTF-8
+bytes, and `{"b64": "..."}` in the place of a string is raw bytes (base64, standard or URL-safe, padded or
+not: images.decode_b64), never an image. A number where a string belongs, or a string where a number
+does, is a 400 naming the input. A string element over SERVE_MAX_STRING_BYTES is a 413. String outputs
+are answered as JSON strings where their bytes are valid UTF-8, else as `{"b64": "..."}`; an output whose
+name ends in `_bytes` always as `{"b64": "..."}` (TensorFlow Serving's rule for binary tensors).
+
+Numbers are checked against their input's dtype: floats for an integer input, integers out of its range
+(300 or -1 for uint8, 2**40 for int32) and values out of a float's range are a 400 naming the input; a
+bool input takes true and false (or 0 and 1).
+
 Errors are InvalidInput (400, PayloadTooLarge 413 over a limit) whose message names where: a missing or
 unknown input name (`instances[3]: missing input(s) ['b']; this model's inputs are ['a', 'b']`), a shape,
 a dtype, inputs of different instance counts.
@@ -34,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from api.protocols.codecs import check_shape, to_array
+from api.protocols.codecs import bytes_to_json, check_shape, to_array, to_bytes_array
 from api.errors import InvalidInput
 from api.model.signature import ModelSignature, TensorInfo
 from api.protocols.images import decode_b64, image_to_instance
@@ -96,6 +109,8 @@ def parse_top_k(value, limit: int, signature: ModelSignature) -> tuple[int, str]
         value = value["k"]
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
         raise InvalidInput(f"top_k must be an integer from 1 to {limit}, got {value!r}")
+    if signature.outputs[output].is_string:
+        raise InvalidInput(f"top_k needs a numeric output; output '{output}' holds strings")
     shape = signature.outputs[output].shape
     if len(shape) != 2:
         raise InvalidInput(f"top_k needs a [batch, classes] output; output '{output}' is "
@@ -162,7 +177,14 @@ def instances_to_batch(values, body: bytes, signature: ModelSignature, settings,
     """
     _check_count(values, settings, what)
     spec = signature.input if input_name is None else signature.inputs[input_name]
-    if isinstance(values, list) and any(isinstance(v, dict) for v in values):
+    # A single-input model's messages name the input (several inputs' `what` already does).
+    name = spec.name if input_name is None else None
+    if spec.is_string:
+        where = where or (lambda index: f"{what}[{index}]")
+        if input_name is None and isinstance(values, list):  # the named form, per instance
+            values = [_unwrap_named(v, spec.name, where(i)) for i, v in enumerate(values)]
+        batch = to_bytes_array(values, f"'{what}'", spec.name, settings.max_string_bytes, decode_b64, where)
+    elif isinstance(values, list) and any(isinstance(v, dict) for v in values):
         where = where or (lambda index: f"{what}[{index}]")
         rows = [_instance(v, where(i), spec, signature, settings, named=input_name is None)
                 for i, v in enumerate(values)]
@@ -170,7 +192,7 @@ def instances_to_batch(values, body: bytes, signature: ModelSignature, settings,
             raise InvalidInput(f"'{what}' is ragged: every instance must have the same shape")
         batch = np.stack(rows)
     else:
-        batch = to_array(values, spec.dtype, f"'{what}'", body)
+        batch = to_array(values, spec.dtype, f"'{what}'", body, name)
     if batch.ndim == 0:
         raise InvalidInput(f"'{what}' must be a list with one entry per instance")
     check_shape(batch, spec.instance_shape, f"'{what}'", settings.max_tensor_elements)
@@ -188,7 +210,7 @@ def _instance(value, where: str, spec: TensorInfo, signature: ModelSignature, se
         data = decode_b64(value["b64"], where)
         return image_to_instance(data, signature.image, spec.instance_shape,
                                  settings.max_image_pixels, where).astype(spec.dtype, copy=False)
-    array = to_array([value], spec.dtype, where)[0]
+    array = to_array([value], spec.dtype, where, name=spec.name if named else None)[0]
     check_shape(array[None], spec.instance_shape, where, settings.max_tensor_elements)
     return array
 
@@ -197,8 +219,10 @@ def _unwrap_named(value, input_name: str, where: str):
     """`{"<input name>": x}` is the named form of x for a single-input model."""
     if isinstance(value, dict) and set(value) != {"b64"}:
         if set(value) != {input_name}:
-            raise InvalidInput(f"{where}: unknown input name(s) {sorted(value)}; "
-                               f"this model's input is '{input_name}'")
+            unknown = sorted(set(value) - {input_name})
+            problems = ([f"missing input(s) ['{input_name}']"] if input_name not in value else []) + (
+                [f"unknown input name(s) {unknown}"] if unknown else [])
+            raise InvalidInput(f"{where}: {' and '.join(problems)}; this model's input is '{input_name}'")
         return value[input_name]
     return value
 
@@ -216,13 +240,16 @@ def top_k(scores: np.ndarray, k: int, labels: tuple[str, ...], output: str = "")
 
 
 def predict_response(outputs: dict[str, np.ndarray], request: PredictRequest, signature: ModelSignature) -> dict:
-    """The answer document: `outputs` (output name -> this request's [n, ...]) in the request's format."""
+    """The answer document: `outputs` (output name -> this request's [n, ...]) in the request's format;
+    a string output as nested lists of strings and `{"b64": ...}` (see the module's docstring)."""
+    values = {name: bytes_to_json(value, b64=name.endswith("_bytes")) if value.dtype == object else value
+              for name, value in outputs.items()}
     if request.columnar:
-        answer = {"outputs": _only(outputs) if len(outputs) == 1 else outputs}
-    elif len(outputs) == 1:
-        answer = {"predictions": _only(outputs)}
+        answer = {"outputs": _only(values) if len(values) == 1 else values}
+    elif len(values) == 1:
+        answer = {"predictions": _only(values)}
     else:
-        answer = {"predictions": [dict(zip(outputs, row)) for row in zip(*outputs.values())]}
+        answer = {"predictions": [dict(zip(values, row)) for row in zip(*values.values())]}
     if request.top_k:
         name = request.top_k_output or next(iter(outputs))
         labels = signature.labels if name == next(iter(signature.outputs)) else ()
@@ -267,4 +294,6 @@ def model_metadata(signature: ModelSignature, runtime: dict) -> dict:
 
 
 _TF_DTYPES = {"float32": "FLOAT", "float64": "DOUBLE", "float16": "HALF", "int32": "INT32",
-              "int64": "INT64", "uint8": "UINT8", "bool": "BOOL", "int8": "INT8", "int16": "INT16"}
+              "int64": "INT64", "uint8": "UINT8", "bool": "BOOL", "int8": "INT8", "int16": "INT16",
+              "uint16": "UINT16", "uint32": "UINT32", "uint64": "UINT64", "complex64": "COMPLEX64",
+              "complex128": "COMPLEX128", "object": "STRING"}  # object: a string tensor (STRING)

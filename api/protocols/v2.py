@@ -13,6 +13,16 @@ naming them. Outputs are answered by name: those `outputs` lists (in its order),
 is absent or an empty list (as Triton does). Outputs the model computed as NaN or infinity are a 422
 (api/protocols/codecs.check_finite_outputs), JSON and binary alike.
 
+Strings (datatype BYTES: a tf.string input or output, a numpy object array of bytes here): JSON `data`
+is a list of strings (flat or nested, row major), each its UTF-8 bytes; in binary, Triton's form, each
+element is a 4-byte little-endian length followed by that many bytes, and `binary_data_size` is the
+total. A BYTES output is answered likewise: in binary as Triton sends it, and as JSON strings where every
+element is valid UTF-8; JSON cannot carry other bytes, so a BYTES output holding them, asked for as JSON,
+is a 422 (UnrepresentableOutput) naming the output and the instances and saying to ask for it in binary
+(`"parameters": {"binary_data": true}`), as tritonclient does by default. A string element over
+SERVE_MAX_STRING_BYTES is a 413. Numbers are checked against their input's dtype (codecs.cast): floats
+for an integer input, integers out of its range, are a 400 naming the input.
+
 As Triton and KServe's clients expect: top-level keys the protocol does not define (`model_name`, which
 KServe's SDK always sends) are ignored, as Triton ignores them. Triton's classification extension:
 `"parameters": {"classification": N}` on an output answers, per instance, its N best classes as BYTES
@@ -24,15 +34,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from api.protocols.codecs import cast, check_instance_shape, check_shape, load_json, to_array
-from api.errors import InvalidInput, PayloadTooLarge
+from api.protocols.codecs import (SHOWN_INSTANCES, cast, check_instance_shape, check_shape, load_json, to_array,
+                                  to_bytes_array)
+from api.errors import InvalidInput, PayloadTooLarge, UnrepresentableOutput
 from api.model.signature import ModelSignature
 
 HEADER = "Inference-Header-Content-Length"
 DATATYPES = {
     "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
     "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64",
-    "FP16": "float16", "FP32": "float32", "FP64": "float64",
+    "FP16": "float16", "FP32": "float32", "FP64": "float64", "BYTES": "object",  # object: STRING
 }
 V2_NAMES = {np.dtype(v): k for k, v in DATATYPES.items()}
 EXTENSIONS = ["binary_tensor_data", "classification"]
@@ -130,15 +141,20 @@ def _input_tensor(tensor: dict, binary: bytes, offset: int, json_part: bytes, sp
     if count == 0:
         raise InvalidInput(f"input '{name}' is empty: its shape {shape} holds no elements")
     size = _parameters(tensor.get("parameters", {}), f"input '{name}' parameters", "tensor").get("binary_data_size")
-    if size is not None:
+    if size is not None and spec.is_string:
+        flat, used = _binary_strings(binary, offset, size, count, name, settings.max_string_bytes)
+    elif size is not None:
         flat, used = _binary_tensor(binary, offset, size, count, spec.dtype, name)
+    elif "data" in tensor and spec.is_string:
+        flat, used = to_bytes_array(tensor["data"], f"input '{name}' data", name,
+                                    settings.max_string_bytes).reshape(-1), 0
     elif "data" in tensor:
         flat, used = to_array(tensor["data"], spec.dtype, f"input '{name}' data", json_part).reshape(-1), 0
     else:
         raise InvalidInput(f"input '{name}' has neither 'data' nor a binary_data_size parameter")
     if flat.size != count:
         raise InvalidInput(f"input '{name}' has {flat.size} values but its shape {shape} needs {count}")
-    batch = cast(flat, spec.dtype, f"input '{name}'").reshape(shape)
+    batch = (flat if spec.is_string else cast(flat, spec.dtype, f"input '{name}'")).reshape(shape)
     check_shape(batch, spec.instance_shape, f"input '{name}'", settings.max_tensor_elements)
     return batch, used
 
@@ -154,7 +170,70 @@ def _binary_tensor(binary: bytes, offset: int, size, count: int, dtype: np.dtype
     if size != count * dtype.itemsize:
         raise InvalidInput(f"input '{name}': binary_data_size {size} does not match {count} "
                            f"elements of {dtype.name}")
+    if dtype.kind == "b" and np.frombuffer(binary, np.uint8, count=count, offset=offset).max(initial=0) > 1:
+        raise InvalidInput(f"input '{name}': BOOL elements are one byte each, 0 (false) or 1 (true)")
     return np.frombuffer(binary, dtype=dtype.newbyteorder("<"), count=count, offset=offset), size
+
+
+def _binary_strings(binary: bytes, offset: int, size, count: int, name: str, max_bytes: int):
+    """`count` BYTES elements from `binary[offset:]`, `size` bytes in all, Triton's way: each a 4-byte
+    little-endian length, then its bytes. Returns (an object array of bytes, `size`)."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise InvalidInput(f"input '{name}': binary_data_size must be a non-negative integer")
+    left = len(binary) - offset
+    if size > left:
+        raise InvalidInput(f"input '{name}': binary_data_size {size} is more than the {left} bytes "
+                           + ("after the JSON header" if not offset else "left after the inputs before it"))
+    if size < 4 * count:
+        raise InvalidInput(f"input '{name}': binary_data_size {size} is too small for {count} BYTES elements "
+                           "(each a 4-byte length and its bytes)")
+    view, at, end, items = memoryview(binary), offset, offset + size, []
+    for index in range(count):
+        if at + 4 > end:
+            raise InvalidInput(f"input '{name}': its {size} bytes end within the length of element {index} "
+                               f"of {count}")
+        length = int.from_bytes(view[at:at + 4], "little")
+        if length > max_bytes:
+            raise PayloadTooLarge(f"input '{name}': element {index} is a string of {length} bytes, over the "
+                                  f"limit of {max_bytes} bytes per element")
+        if at + 4 + length > end:
+            raise InvalidInput(f"input '{name}': element {index} claims {length} bytes, more than the "
+                               f"{end - at - 4} left of its binary_data_size {size}")
+        items.append(bytes(view[at + 4:at + 4 + length]))
+        at += 4 + length
+    if at != end:
+        raise InvalidInput(f"input '{name}': binary_data_size {size} does not match its {count} BYTES "
+                           f"elements, which take {at - offset} bytes")
+    array = np.empty(count, dtype=object)
+    array[:] = items
+    return array, size
+
+
+def bytes_blob(items) -> bytes:
+    """BYTES elements (bytes, flat, row major) in Triton's binary form: each a 4-byte little-endian length
+    followed by its bytes."""
+    return b"".join(len(item).to_bytes(4, "little") + item for item in items)
+
+
+def bytes_data(items, name: str, per_instance: int = 1) -> list[str]:
+    """BYTES elements (bytes, flat, row major) as JSON `data`: strings, every element valid UTF-8; else
+    UnrepresentableOutput (422) naming output `name` and the instances (`per_instance` elements each)
+    whose bytes are not, and how to ask for them (binary)."""
+    texts, bad = [], []
+    for index, item in enumerate(items):
+        try:
+            texts.append(item.decode() if isinstance(item, bytes) else str(item))
+        except UnicodeDecodeError:
+            if not bad or bad[-1] != index // per_instance:
+                bad.append(index // per_instance)
+    if bad:
+        shown = ", ".join(map(str, bad[:SHOWN_INSTANCES])) + (f", ... ({len(bad)} in all)"
+                                                             if len(bad) > SHOWN_INSTANCES else "")
+        raise UnrepresentableOutput(
+            f"output '{name}' holds bytes that are not valid UTF-8 for instances [{shown}], which JSON "
+            f"cannot carry: ask for it in binary ({{\"name\": \"{name}\", \"parameters\": "
+            "{\"binary_data\": true}}, or \"binary_data_output\": true)")
+    return texts
 
 
 def _requested_outputs(outputs, parameters: dict, signature: ModelSignature):
@@ -183,6 +262,9 @@ def _requested_outputs(outputs, parameters: dict, signature: ModelSignature):
 
 def _classes(value, info) -> int:
     """The classification parameter of output `info`: how many classes to answer, 1 to its class count."""
+    if info.is_string:
+        raise InvalidInput(f"output '{info.name}': classification needs a numeric output; this one holds "
+                           "strings (BYTES)")
     if len(info.shape) != 2 or info.shape[1] is None:
         raise InvalidInput(f"output '{info.name}': classification needs a [batch, classes] output; "
                            f"this one's shape is {[-1 if d is None else d for d in info.shape]}")
@@ -211,7 +293,8 @@ def _object(value, what: str) -> dict:
 def infer_response(signature: ModelSignature, request: InferRequest, outputs: dict[str, np.ndarray]):
     """The response document and the binary blobs that follow it, in output order: the outputs the
     request asked for (`outputs`: output name -> this request's [n, ...]), each as JSON `data` (flat, row
-    major) or as `binary_data_size` little-endian bytes."""
+    major) or as `binary_data_size` little-endian bytes; a string output as BYTES (see the module's
+    docstring: a 422 for bytes that are not UTF-8 asked for as JSON)."""
     tensors, blobs = [], []
     first = next(iter(signature.outputs))
     for name, binary in request.outputs.items():
@@ -219,14 +302,11 @@ def infer_response(signature: ModelSignature, request: InferRequest, outputs: di
         if name in request.classification:
             labels = signature.labels if name == first else ()
             classes = classify(array, request.classification[name], labels)
-            tensor = {"name": name, "datatype": "BYTES", "shape": [len(classes), request.classification[name]]}
-            if binary:
-                blob = b"".join(len(item).to_bytes(4, "little") + item for row in classes for item in row)
-                tensor["parameters"] = {"binary_data_size": len(blob)}
-                blobs.append(blob)
-            else:
-                tensor["data"] = [item.decode() for row in classes for item in row]
-            tensors.append(tensor)
+            shape = [len(classes), request.classification[name]]
+            tensors.append(_bytes_tensor(name, [item for row in classes for item in row], shape, binary, blobs))
+            continue
+        if array.dtype == object:  # a string output (BYTES)
+            tensors.append(_bytes_tensor(name, array.reshape(-1), list(array.shape), binary, blobs))
             continue
         tensor = {"name": name, "datatype": V2_NAMES[array.dtype], "shape": list(array.shape)}
         if binary:
@@ -241,6 +321,19 @@ def infer_response(signature: ModelSignature, request: InferRequest, outputs: di
     if request.id is not None:
         document["id"] = request.id
     return document, blobs
+
+
+def _bytes_tensor(name: str, items, shape: list[int], binary: bool, blobs: list) -> dict:
+    """A BYTES output tensor: JSON `data` (strings), or its binary blob appended to `blobs`."""
+    tensor = {"name": name, "datatype": "BYTES", "shape": shape}
+    if binary:
+        blob = bytes_blob(items)
+        tensor["parameters"] = {"binary_data_size": len(blob)}
+        blobs.append(blob)
+    else:
+        per_instance = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
+        tensor["data"] = bytes_data(items, name, max(1, per_instance))
+    return tensor
 
 
 def classify(scores: np.ndarray, count: int, labels: tuple[str, ...]) -> list[list[bytes]]:

@@ -6,7 +6,9 @@ nothing here touches Flask, and nothing in the resources touches numpy or Tensor
 Every inference route answers a request whose outputs hold NaN or infinity with NonFiniteOutput (422),
 never 200: the check runs on the request's own slice of the batch (after `Batcher.run`), so its
 batch-mates are answered as usual, and on the outputs the answer carries (all of them for TensorFlow
-Serving's routes, those a v2 request asks for).
+Serving's routes, those a v2 request asks for). String outputs (tf.string: object arrays of bytes) are never
+non-finite; the protocols write them (TensorFlow Serving: strings or {"b64"}; v2: BYTES, and a 422 for
+bytes that are not UTF-8 asked for as JSON, UnrepresentableOutput).
 """
 import os
 import time
