@@ -1,7 +1,29 @@
-"""Models built for tests: a slow one, whose inference time a request controls by its batch size."""
+"""Models built for tests: a slow one, whose inference time a request controls by its batch size; and
+the two steps every test of a model of its own takes: save it into a store, serve it in-process."""
 from pathlib import Path
 
 import keras
+
+from api.http.app import create_app, registry_of
+from api.settings import Settings
+
+
+def save_model(model, store: Path, name: str, version: int = 1):
+    """`model` saved as `<store>/<name>/<version>/model.keras`; returns the model."""
+    folder = store / name / str(version)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.keras")
+    return model
+
+
+def serve(store: Path, tmp_path_factory, name: str, **overrides):
+    """The app serving `name` from `store`, loaded and warm (warm-up at batch 1 only: quick)."""
+    app = create_app(Settings(model_store=store, model_name=name, run_dir=tmp_path_factory.mktemp("run"),
+                              warmup_batches=(1,), **overrides))
+    registry = registry_of(app)
+    registry.load()
+    assert registry.ready, registry.error
+    return app
 
 
 def build_slow_model(store: Path, name: str = "slow") -> Path:

@@ -2,10 +2,13 @@
 `base64.urlsafe_b64encode` and padding-stripping encoders write all decode to the same bytes; what is
 not base64 is still a 400 "invalid base64" naming where it was."""
 import base64
+import io
 import shutil
 import subprocess
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from api.errors import InvalidInput
 from api.protocols.images import decode_b64
@@ -58,3 +61,17 @@ def test_what_is_not_base64_is_refused_with_where_it_was(value, why):
 def test_a_non_string_is_refused():
     with pytest.raises(InvalidInput, match="'b64' must be a base64 string"):
         decode_b64(12, "instances[0]")
+
+
+def test_a_png_in_every_form_gets_the_same_prediction(client, digits):
+    """As a new user sends it: the same digit's PNG in each form, through the app, answers alike."""
+    grey = Image.fromarray(np.round(digits[0][0].squeeze() * 255).astype("uint8"), mode="L").resize((32, 32))
+    buffer = io.BytesIO()
+    grey.save(buffer, "PNG")
+    png = buffer.getvalue()
+    standard = base64.b64encode(png).decode()
+    forms = [standard, wrapped(standard, 76), wrapped(standard, 64), base64.urlsafe_b64encode(png).decode(),
+             standard.rstrip("=")]
+    answers = [client.post("/predict", json={"instances": [{"b64": form}]}) for form in forms]
+    assert all(answer.status_code == 200 for answer in answers), [a.get_json() for a in answers]
+    assert all(answer.get_json() == answers[0].get_json() for answer in answers)

@@ -20,17 +20,10 @@ import orjson
 import pytest
 from PIL import Image
 
-from api.http.app import create_app, registry_of
-from api.settings import Settings
+from api.http.app import registry_of
+from tests.models import save_model, serve
 
 HUGE = 3.0e38  # finite in float32; the split model's y2 overflows on it
-
-
-def _save(model, store, name: str, version: int = 1):
-    folder = store / name / str(version)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save(folder / "model.keras")
-    return model
 
 
 def build_pair(store):
@@ -38,7 +31,7 @@ def build_pair(store):
     a, b = keras.Input(shape=(4,), name="a"), keras.Input(shape=(3,), name="b")
     hidden = keras.layers.Dense(8, activation="relu")(keras.layers.Concatenate()([a, b]))
     probabilities = keras.layers.Dense(5, activation="softmax", name="probabilities")(hidden)
-    return _save(keras.Model([a, b], probabilities), store, "pair")
+    return save_model(keras.Model([a, b], probabilities), store, "pair")
 
 
 def build_split(store):
@@ -50,14 +43,14 @@ def build_split(store):
     rng = np.random.default_rng(0)
     d1.set_weights([rng.uniform(-1e-3, 1e-3, (4, 2)).astype("float32"), np.zeros(2, "float32")])
     d2.set_weights([rng.uniform(0.5, 1.5, (4, 3)).astype("float32"), np.zeros(3, "float32")])
-    return _save(model, store, "split")
+    return save_model(model, store, "split")
 
 
 def build_mixed(store):
     keras.utils.set_random_seed(0)
     image, meta = keras.Input(shape=(8, 8, 1), name="image"), keras.Input(shape=(2,), name="meta")
     joined = keras.layers.Concatenate()([keras.layers.Flatten()(image), meta])
-    model = _save(keras.Model([image, meta], keras.layers.Dense(3, name="scores")(joined)), store, "mixed")
+    model = save_model(keras.Model([image, meta], keras.layers.Dense(3, name="scores")(joined)), store, "mixed")
     (store / "mixed" / "1" / "serving.json").write_text('{"image": {"color_mode": "L", "resize": "box"}}')
     return model
 
@@ -66,15 +59,6 @@ def build_mixed(store):
 def models(tmp_path_factory):
     store = tmp_path_factory.mktemp("multi_store")
     return store, {"pair": build_pair(store), "split": build_split(store), "mixed": build_mixed(store)}
-
-
-def serve(store, tmp_path_factory, name: str, **overrides):
-    app = create_app(Settings(model_store=store, model_name=name, run_dir=tmp_path_factory.mktemp("run"),
-                              warmup_batches=(1,), **overrides))
-    registry = registry_of(app)
-    registry.load()
-    assert registry.ready, registry.error
-    return app
 
 
 @pytest.fixture(scope="module")

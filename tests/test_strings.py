@@ -30,20 +30,14 @@ import pytest
 import tensorflow as tf
 
 from api.batching import Batcher
-from api.http.app import create_app, registry_of
+from api.http.app import registry_of
 from api.protocols import codecs
 from api.settings import BatchPolicy, Settings
+from tests.models import save_model, serve
 
 VOCABULARY = ["cat", "dog", "bird", "fish", "caf\u00e9"]
 TEXT_VOCABULARY = ["red", "green", "blue", "cat", "dog", "bird"]
 LABELS = ["colour", "animal\u00e9"]
-
-
-def _save(model, store, name: str, version: int = 1):
-    folder = store / name / str(version)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save(folder / "model.keras")
-    return model
 
 
 def build_words(store):
@@ -51,7 +45,7 @@ def build_words(store):
     words = keras.Input(shape=(3,), dtype="string", name="words")
     hot = keras.layers.StringLookup(vocabulary=VOCABULARY, output_mode="multi_hot", name="lookup")(words)
     probabilities = keras.layers.Dense(4, activation="softmax", name="probabilities")(hot)
-    return _save(keras.Model(words, probabilities), store, "words")
+    return save_model(keras.Model(words, probabilities), store, "words")
 
 
 def build_tagger(store):
@@ -69,7 +63,7 @@ def build_tagger(store):
     raw = keras.layers.Identity(name="raw")(text)
     model = keras.Model({"text": text, "weight": weight},
                         {"probs": probs, "label": label, "echo": echo, "raw_bytes": raw})
-    return _save(model, store, "tagger")
+    return save_model(model, store, "tagger")
 
 
 def build_typed(store):
@@ -81,22 +75,13 @@ def build_typed(store):
     scaled = keras.layers.Rescaling(1 / 255)(pixels)
     joined = keras.layers.Concatenate()([embedded, scaled, keras.ops.cast(flags, "float32")])
     model = keras.Model([ids, pixels, flags], keras.layers.Dense(3, name="scores")(joined))
-    return _save(model, store, "typed")
+    return save_model(model, store, "typed")
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     store = tmp_path_factory.mktemp("strings_store")
     return store, {"words": build_words(store), "tagger": build_tagger(store), "typed": build_typed(store)}
-
-
-def serve(store, tmp_path_factory, name: str, **overrides):
-    app = create_app(Settings(model_store=store, model_name=name, run_dir=tmp_path_factory.mktemp("run"),
-                              warmup_batches=(1,), **overrides))
-    registry = registry_of(app)
-    registry.load()
-    assert registry.ready, registry.error
-    return app
 
 
 @pytest.fixture(scope="module")

@@ -159,14 +159,19 @@ def _input_tensor(tensor: dict, binary: bytes, offset: int, json_part: bytes, sp
     return batch, used
 
 
-def _binary_tensor(binary: bytes, offset: int, size, count: int, dtype: np.dtype, name: str):
-    """`count` little-endian values of `dtype` from `binary[offset:]`, `size` bytes."""
+def _check_span(binary: bytes, offset: int, size, name: str) -> None:
+    """An input's binary_data_size: a non-negative integer that `binary` still holds from `offset` on."""
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise InvalidInput(f"input '{name}': binary_data_size must be a non-negative integer")
     left = len(binary) - offset
     if size > left:
         raise InvalidInput(f"input '{name}': binary_data_size {size} is more than the {left} bytes "
                            + ("after the JSON header" if not offset else "left after the inputs before it"))
+
+
+def _binary_tensor(binary: bytes, offset: int, size, count: int, dtype: np.dtype, name: str):
+    """`count` little-endian values of `dtype` from `binary[offset:]`, `size` bytes."""
+    _check_span(binary, offset, size, name)
     if size != count * dtype.itemsize:
         raise InvalidInput(f"input '{name}': binary_data_size {size} does not match {count} "
                            f"elements of {dtype.name}")
@@ -178,12 +183,7 @@ def _binary_tensor(binary: bytes, offset: int, size, count: int, dtype: np.dtype
 def _binary_strings(binary: bytes, offset: int, size, count: int, name: str, max_bytes: int):
     """`count` BYTES elements from `binary[offset:]`, `size` bytes in all, Triton's way: each a 4-byte
     little-endian length, then its bytes. Returns (an object array of bytes, `size`)."""
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise InvalidInput(f"input '{name}': binary_data_size must be a non-negative integer")
-    left = len(binary) - offset
-    if size > left:
-        raise InvalidInput(f"input '{name}': binary_data_size {size} is more than the {left} bytes "
-                           + ("after the JSON header" if not offset else "left after the inputs before it"))
+    _check_span(binary, offset, size, name)
     if size < 4 * count:
         raise InvalidInput(f"input '{name}': binary_data_size {size} is too small for {count} BYTES elements "
                            "(each a 4-byte length and its bytes)")
