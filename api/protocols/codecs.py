@@ -210,13 +210,19 @@ def _takes(name: str | None, dtype: np.dtype) -> str:
 
 def _holds_big_int(values) -> bool:
     """An integer beyond int64 and uint64 among nested lists (numpy makes an object array of them)."""
+    return _any_leaf(values, lambda item: isinstance(item, int) and not isinstance(item, bool)
+                     and not -2**63 <= item < 2**64)
+
+
+def _any_leaf(values, test) -> bool:
+    """Whether `test` holds for any value among nested lists (walked without recursion: any depth)."""
     stack = [values]
     while stack:
         item = stack.pop()
-        if isinstance(item, int) and not isinstance(item, bool) and not -2**63 <= item < 2**64:
-            return True
         if isinstance(item, list):
             stack.extend(item)
+        elif test(item):
+            return True
     return False
 
 
@@ -294,14 +300,7 @@ def _may_hold_bool(body: bytes) -> bool:
 
 
 def _holds_bool(values) -> bool:
-    stack = [values]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, bool):
-            return True
-        if isinstance(item, list):
-            stack.extend(item)
-    return False
+    return _any_leaf(values, lambda item: isinstance(item, bool))
 
 
 def check_shape(array: np.ndarray, expected: tuple[int | None, ...], what: str,
