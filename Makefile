@@ -6,7 +6,7 @@ STORE ?= $(or $(SERVE_MODEL_STORE),models)
 PIP_VERSION := 26.3
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev system-deps deploy-tools client-tools model serve settings settings-table test check bench soak loadtest clean
+.PHONY: help install install-dev system-deps deploy-tools client-tools model serve settings settings-table test check bench soak loadtest predict-files clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -18,8 +18,9 @@ $(BIN)/.runtime: requirements.txt pyproject.toml
 	$(BIN)/pip install --quiet --no-deps -e .  # the api package and its console script, keras-serving
 	touch $@
 
-$(BIN)/.dev: $(BIN)/.runtime requirements-dev.txt
+$(BIN)/.dev: $(BIN)/.runtime requirements-dev.txt requirements-batch.txt
 	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet -r requirements-batch.txt  # Ray Data, for tests/files/test_predict_files_ray.py
 	touch $@
 
 install: $(BIN)/.runtime  ## virtualenv with the pinned runtime dependencies
@@ -45,6 +46,13 @@ check: install-dev  ## static checks: gunicorn's own config check
 
 settings-table: install  ## the README's settings table, from api/settings.py
 	@$(BIN)/keras-serving settings --table
+
+INPUT ?=
+OUTPUT ?= run/predictions
+ARGS ?=
+predict-files: install model  ## predict every row of files: make predict-files INPUT='data/*.jsonl' [OUTPUT=dir] [ARGS='--resume --top-k 3'] (docs/batch.md)
+	@test -n "$(INPUT)" || { echo "usage: make predict-files INPUT='data/*.jsonl' [OUTPUT=$(OUTPUT)] [ARGS=...]" >&2; exit 2; }
+	SERVE_MODEL_STORE=$(STORE) $(BIN)/keras-serving predict-files $(INPUT) --output $(OUTPUT) $(ARGS)
 
 client-tools:  ## KServe's Python SDK in its own virtualenv, .venv/clients (its pins clash with ours)
 	@scripts/install_client_venvs.sh

@@ -4,6 +4,9 @@
     keras-serving settings [--table]     every setting's effective value, or the README's table
     keras-serving train-digits [STORE]   train the default model into the store (scikit-learn's digits)
     keras-serving render-nginx OUT_DIR   write nginx's config from the settings (instances: deploy/)
+    keras-serving predict-files IN... -o DIR   predict every row of files, offline (docs/batch.md)
+    keras-serving worker                 pull asynchronous jobs from the broker through the model (docs/async.md)
+    keras-serving serve-async            `serve` plus a local redis-server and the job workers (make serve-async)
 
 Each subcommand has its own `--help`. The modules behind them are imported only when run, so that
 `keras-serving settings` never loads TensorFlow and `serve` loads neither Flask nor TensorFlow.
@@ -19,6 +22,9 @@ COMMANDS = {  # name: (module with main(argv), one line of help)
     "settings": ("api.cli", "print every setting: SERVE_NAME=effective value, or --table for the README"),
     "train-digits": ("api.training", "train the default model (digits) into a model store"),
     "render-nginx": ("api.process.nginx", "write nginx's config from the settings"),
+    "predict-files": ("api.files.job", "predict every row of JSONL, CSV, Parquet or image files (docs/batch.md)"),
+    "worker": ("api.queue.worker", "pull asynchronous jobs from the broker through the model (docs/async.md)"),
+    "serve-async": ("api.process.async_stack", "`serve` plus a local redis-server and the job workers"),
 }
 
 

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,6 +45,10 @@ class BatchPolicy:
         if not self.allowed_batch_sizes:
             return size
         return self.allowed_batch_sizes[bisect.bisect_left(self.allowed_batch_sizes, size)]
+
+
+# A browser's Origin header: scheme, host and port only (RFC 6454), or `*` for any origin.
+ORIGIN = r"^(\*|https?://([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?)$"
 
 
 class Settings(BaseSettings):
@@ -165,6 +169,74 @@ class Settings(BaseSettings):
     allowed_batch_sizes: tuple[int, ...] = ()
     """Batch sizes a call is padded to (increasing, ending with max_batch_size), so that XLA and GPU
     kernels see a few fixed shapes; empty = no padding (the CPU default: padding costs compute)."""
+
+    # -- demo page and browsers ------------------------------------------------------------------
+    demo_page: bool = True
+    """Serve the demo page at `/` (drop an image, see the top classes; docs/demo.md), from the app's own
+    files, calling `POST /predict` as any client does; false: only the API (`/` is a 404)."""
+    cors_origins: tuple[Annotated[str, Field(pattern=ORIGIN)], ...] = ()
+    """Origins whose pages may call the API from a browser (CORS, preflight answered), written as the
+    browser sends them (`https://app.example.com`, `http://localhost:3000`), or `*` for any; empty: none."""
+
+    # -- asynchronous jobs (queue) ---------------------------------------------------------------
+    queue_backend: Literal["none", "redis", "sqs"] = "none"
+    """Broker of asynchronous jobs (`:submit`, `GET /v1/jobs/<id>`, `keras-serving worker`; docs/async.md):
+    `redis` (Streams), `sqs` (results in S3), or `none`: the job routes answer 404."""
+    queue_name: str = Field("keras-serving", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    """Prefix of the broker's keys (Redis: `<name>:<model>:jobs`, `<name>:job:<id>`; S3: under queue_s3_prefix)."""
+    queue_redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis for queue_backend `redis` (`rediss://` for TLS); `make serve-async` starts one on this port."""
+    queue_sqs_url: str = ""
+    """SQS queue URL of the jobs (queue_backend `sqs`); deploy/cloudformation/workers.yaml makes it."""
+    queue_sqs_dead_letter_url: str = ""
+    """SQS queue URL jobs go to after queue_max_deliveries deliveries (the jobs queue's redrive target)."""
+    queue_s3_bucket: str = ""
+    """S3 bucket of job records, results and idempotency keys (queue_backend `sqs`)."""
+    queue_s3_prefix: str = "jobs/"
+    """Key prefix of everything the queue writes to queue_s3_bucket."""
+    queue_aws_endpoint_url: str = ""
+    """Endpoint URL for SQS and S3 (a VPC endpoint, or a local test server); empty: AWS's own."""
+    queue_job_ttl: float = Field(3600.0, gt=0)
+    """Seconds a job may wait for a worker; one not started by then is `expired`, never run."""
+    queue_result_ttl: float = Field(86400.0, gt=0)
+    """Seconds a finished job's state and answer are kept; then `GET /v1/jobs/<id>` answers 410."""
+    queue_lease_seconds: float = Field(30.0, gt=0)
+    """Seconds a worker holds a job it took before another may take it (Redis pending-entry idle time, SQS
+    visibility timeout); renewed every third of it while the job runs, so only a dead worker loses it."""
+    queue_max_job_seconds: float = Field(600.0, gt=0)
+    """Longest a worker keeps renewing its lease on one batch of jobs (seconds); a job hung longer is left
+    for another worker to retry."""
+    queue_max_deliveries: int = Field(3, ge=1)
+    """Deliveries of one job before it goes to the dead-letter queue and is `failed` (a job that kills its
+    worker every time)."""
+    queue_pull_jobs: int = Field(32, ge=1, le=1000)
+    """Most jobs a worker takes at once; their instances run in compiled calls of up to max_batch_size."""
+    queue_poll_seconds: float = Field(2.0, gt=0, le=20)
+    """Seconds a worker with nothing to do waits on the broker for jobs per call (long polling)."""
+    queue_workers: int = Field(1, ge=0)
+    """Worker processes `make serve-async` (`keras-serving serve-async`) starts beside the HTTP stack."""
+    queue_autoscaling_group: str = ""
+    """The EC2 Auto Scaling group a worker's instance is in: while the worker holds jobs the instance is
+    protected from scale-in, so scaling in never kills a busy worker; empty: no protection (not on AWS)."""
+
+    # -- batch prediction over files --------------------------------------------------------------
+    batch_size: int = Field(0, ge=0)
+    """Rows per compiled call of `keras-serving predict-files` (docs/batch.md); 0 = 512, fewer where a row's
+    input is large, so that one batch's input stays within 32 MiB. Its flag: --batch-size."""
+    batch_shard_rows: int = Field(100_000, ge=1)
+    """Input rows per output shard (`predictions-NNNNN`) of predict-files: the most that `--resume` redoes
+    and that SIGTERM waits for before the job exits. Its flag: --shard-rows."""
+    batch_queue_batches: int = Field(2, ge=1, le=64)
+    """Batches each of predict-files' queues (read -> infer -> write) holds; with batch_size, what bounds
+    the job's memory whatever the input's size (docs/batch.md)."""
+    batch_max_error_rate: float = Field(1.0, ge=0, le=1)
+    """Fraction of predict-files' rows that may fail (errors.jsonl) before the job stops, exit status 1;
+    checked at each shard and at the end. 1 = never stop. Its flag: --max-error-rate."""
+    batch_cpu_share: float = Field(1.0, gt=0, le=1)
+    """Share of the cores predict-files uses: it pins itself to that many of the cores it may run on and
+    runs that many TensorFlow threads, leaving the rest to a serving stack beside it. Its flag: --cpu-share."""
+    batch_progress_seconds: float = Field(10.0, gt=0)
+    """Seconds between predict-files' progress lines when stderr is not a terminal (a terminal gets a bar)."""
 
     # -- TensorFlow ------------------------------------------------------------------------------
     intra_op_threads: int = Field(0, ge=0)

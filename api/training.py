@@ -2,8 +2,9 @@
 
     keras-serving train-digits [STORE] [--version N]
 
-Writes STORE/digits/<N>/ (default: models/digits/1/) holding `model.keras`, `labels.txt` and
-`serving.json` (how images sent as base64 are turned into the model's input). Deterministic: the
+Writes STORE/digits/<N>/ (default: models/digits/1/) holding `model.keras`, `labels.txt`,
+`serving.json` (how images sent as base64 are turned into the model's input) and `examples/`, one
+held-out image per digit for the demo page. Deterministic: the
 same seed, data split and single-threaded ops give the same weights on every run.
 """
 import argparse
@@ -71,7 +72,26 @@ def train(out_dir: Path) -> float:
     model.save(out_dir / "model.keras")
     (out_dir / "labels.txt").write_text("".join(f"{d}\n" for d in range(10)))
     (out_dir / "serving.json").write_text(json.dumps(SERVING, indent=2) + "\n")
+    write_examples(out_dir / "examples", x_test, y_test)
     return accuracy
+
+
+def write_examples(folder: Path, images, labels) -> list[Path]:
+    """The first held-out image of each class as `folder/digit-<class>.png`, 8x8 8-bit grey: the example
+    images the demo page offers (api/web/page.py). `images` [n, 8, 8, 1] float ink in [0, 1], `labels` [n]
+    int classes. 8x8 is the model's own input size, so the PNG converts back (serving.json) to the exact
+    values the model was scored on; the page scales it up for display."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for digit in sorted(set(labels.tolist())):
+        image = images[int(np.flatnonzero(labels == digit)[0])].squeeze()
+        path = folder / f"digit-{digit}.png"
+        Image.fromarray(np.round(image * 255).astype("uint8"), mode="L").save(path)
+        written.append(path)
+    return written
 
 
 def main(argv=None) -> None:

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Install the Debian/Ubuntu packages the stack and its tests need, when missing: nginx, prometheus
 # (its server and promtool: tests/test_metrics.py scrapes the stack with them) and slowhttptest
-# (tests/faults/ holds slow-client attacks against the stack).
+# (tests/faults/ holds slow-client attacks against the stack), chromium and a font (tests/browser/).
 set -o errexit -o nounset -o pipefail
 
 need=()
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v slowhttptest >/dev/null 2>&1 || need+=(slowhttptest)
+# tests/browser/ drives Debian's chromium with Playwright (never a browser download); DejaVu gives its
+# screenshots readable text on a machine with no fonts.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 sudo=""

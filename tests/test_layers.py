@@ -3,13 +3,16 @@ those inside functions too), so a deferred import cannot hide a wrong dependency
 
 Top to bottom (api/__init__.py and docs/architecture.md draw the same):
 
-    cli > http > serving > metrics > protocols | batching | runtime | training > model > process
+    cli > http | files > web > queue > serving > metrics > protocols | batching | runtime | training > model > process
         > settings | errors | logs | version
 
 A module imports only from layers below its own, or from its own subpackage. On top of that:
-HTTP never imports numpy or TensorFlow; process code (gunicorn's master and worker hooks, nginx's
-config, the supervisor) never imports Flask or TensorFlow; protocols, batching and the model types
-never import TensorFlow. tests/test_workers.py shows what gunicorn's master really loads.
+HTTP and the demo page never import numpy or TensorFlow; process code (gunicorn's master and worker
+hooks, nginx's config, the supervisor) never imports Flask or TensorFlow; protocols, batching and the
+model types never import TensorFlow; the queue (broker backends, the job worker) never imports Flask
+or TensorFlow itself (its worker loads the model through api.serving); the batch job over files
+never imports Flask. tests/test_workers.py shows
+what gunicorn's master really loads.
 """
 import ast
 from pathlib import Path
@@ -25,13 +28,18 @@ LAYERS = [  # bottom first
     {"api.protocols", "api.batching", "api.runtime", "api.training"},
     {"api.metrics"},
     {"api.serving"},
-    {"api.http"},
+    {"api.queue"},  # a front beside http (the worker), below it because http's job routes submit through it
+    {"api.web"},  # a front beside http, below it only because http's app factory mounts the page
+    {"api.http", "api.files"},  # files: the batch job over files, a front beside http (only cli imports it)
     {"api.cli"},
 ]
 TENSORFLOW = {"tensorflow", "keras", "tf_keras"}
 FLASK = {"flask", "flask_restful", "werkzeug"}
 FORBIDDEN = {
     "api.http": TENSORFLOW | {"numpy"},
+    "api.web": TENSORFLOW | {"numpy"},
+    "api.queue": TENSORFLOW | FLASK,
+    "api.files": FLASK,
     "api.process": TENSORFLOW | FLASK,
     "api.protocols": TENSORFLOW,
     "api.batching": TENSORFLOW,

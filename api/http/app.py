@@ -7,12 +7,13 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound, Reque
 from werkzeug.routing import BaseConverter
 
 from api.errors import ApiError
-from api.http import access
+from api.http import access, jobs
 from api.http.resources import ROUTES
 from api.protocols.codecs import dump_json
 from api.serving.dataplane import DataPlane
 from api.serving.registry import ModelRegistry
 from api.settings import Settings
+from api.web import browsers, page
 
 log = logging.getLogger("api")
 
@@ -79,8 +80,12 @@ def create_app(settings: Settings | None = None, registry=None) -> Flask:
 
     for resource, urls in ROUTES:
         api.add_resource(resource, *urls)
+    jobs.init_app(app, api)  # asynchronous jobs (api/queue/): 404 unless SERVE_QUEUE_BACKEND names a broker
     app.register_error_handler(Exception, error_response)
     access.init_app(app)
+    browsers.init_app(app, settings)
+    if settings.demo_page:
+        app.register_blueprint(page.blueprint)
     return app
 
 

@@ -36,9 +36,16 @@ def _body(schema: str) -> dict:
     return {"required": True, "content": {JSON: {"schema": _ref(schema)}}}
 
 
+ANSWERED_BY = {  # api/http/resources.answered_by: TensorFlow Serving's body does not name the version
+    "X-Model-Name": {"description": "the model that answered", "schema": {"type": "string"}},
+    "X-Model-Version": {"description": "the version that answered", "schema": {"type": "string"}},
+}
+
+
 def _predict_op(summary: str, version: bool | None) -> dict:
     op = {"summary": summary, "requestBody": _body("PredictRequest"),
-          "responses": {"200": _ok("PredictResponse"), **_errors(400, 404, 413, 415, 422, 503)}}
+          "responses": {"200": {**_ok("PredictResponse"), "headers": ANSWERED_BY},
+                        **_errors(400, 404, 413, 415, 422, 503)}}
     if version is not None:
         op["parameters"] = _params(version)
     return {"post": op}
@@ -58,6 +65,27 @@ def _infer_op(version: bool) -> dict:
         "summary": "KServe v2 inference; JSON, or JSON + binary tensors (Inference-Header-Content-Length)",
         "parameters": _params(version), "requestBody": _body("InferRequest"),
         "responses": {"200": ok, **_errors(400, 404, 413, 415, 422, 503)}}}
+
+
+def _submit_op(version: bool) -> dict:
+    """`:submit`: the predict body, checked as `:predict` checks it, run later by a worker (api/queue/)."""
+    accepted = {**_ok("JobAccepted", "accepted: the job is queued (or was, for a repeated Idempotency-Key)"),
+                "headers": {"Location": {"description": "the job's status URL", "schema": {"type": "string"}}}}
+    key = {"name": "Idempotency-Key", "in": "header", "required": False,
+           "description": "the same key (within the result TTL) returns the same job, not a new one",
+           "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"}}
+    return {"post": {
+        "summary": "Submit an asynchronous predict job (TensorFlow Serving's body); poll its status_url",
+        "parameters": [*_params(version), key], "requestBody": _body("PredictRequest"),
+        "responses": {"202": accepted, **_errors(400, 404, 413, 415, 422, 503)}}}
+
+
+def _job_op() -> dict:
+    job_id = {"name": "job_id", "in": "path", "required": True,
+              "schema": {"type": "string"}, "example": "019a2b3c4d5e0123456789abcdef0123"}
+    return {"get": {"summary": "An asynchronous job: queued, running, succeeded (with the :predict answer), "
+                               "failed or expired (with the error); 410 once its answer expired",
+                    "parameters": [job_id], "responses": {"200": _ok("Job"), **_errors(404, 410, 503)}}}
 
 
 def _schemas(settings) -> dict:
@@ -123,6 +151,16 @@ def _schemas(settings) -> dict:
             "id": {"type": "string"}, "parameters": {"type": "object"},
             "inputs": {"type": "array", "minItems": 1, "items": _ref("InferTensor")},
             "outputs": {"type": "array", "items": {"type": "object", "required": ["name"]}}}},
+        "JobAccepted": {"type": "object", "required": ["job_id", "status_url"], "properties": {
+            "job_id": {"type": "string"}, "status_url": {"type": "string"}}},
+        "Job": {"type": "object", "required": ["job_id", "status"], "properties": {
+            "job_id": {"type": "string"},
+            "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "expired"]},
+            "model": {"type": "string"}, "version": {"type": "integer", "nullable": True},
+            "submitted_at": {"type": "string", "nullable": True}, "started_at": {"type": "string", "nullable": True},
+            "finished_at": {"type": "string", "nullable": True}, "attempts": {"type": "integer"},
+            "result": _ref("PredictResponse"), "error": {"type": "string"},
+            "status_code": {"type": "integer", "description": "what :predict answered (failed, expired)"}}},
         "InferResponse": {"type": "object", "required": ["model_name", "outputs"], "properties": {
             "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
             "outputs": {"type": "array", "items": _ref("InferTensor")}}},
@@ -144,6 +182,9 @@ def document() -> dict:
         "/v1/models/{model}/labels/{label}": _get("ModelStatus", "Model status, by version label", "label"),
         "/v1/models/{model}/labels/{label}/metadata": _get("TFMetadata", "Model metadata, by version label",
                                                            "label"),
+        "/v1/models/{model}:submit": _submit_op(False),
+        "/v1/models/{model}/versions/{version}:submit": _submit_op(True),
+        "/v1/jobs/{job_id}": _job_op(),
         "/v2": _get("ServerMetadata", "KServe v2 server metadata", None, ()),
         "/v2/health/live": _get("V2Live", "KServe v2 liveness", None, ()),
         "/v2/health/ready": _get("V2Ready", "KServe v2 readiness: 503 until the model is warm", None, (503,)),

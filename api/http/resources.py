@@ -46,18 +46,25 @@ class Inference(Resource):
         return super().dispatch_request(*args, **kwargs)
 
 
+def answered_by(call) -> dict[str, str]:
+    """Headers naming the model version that computed the answer: TensorFlow Serving's body does not
+    say (KServe v2's does), and a client (the demo page) should not have to guess the newest version."""
+    return {"X-Model-Name": call.model, "X-Model-Version": str(call.version)}
+
+
 class Predict(Inference):
     """`POST /predict`: the default model, TensorFlow Serving's body."""
 
     def post(self):
-        return plane().tfserving_predict(plane().registry.name, None, request_body(),
-                                         request.content_type, g.call)
+        answer = plane().tfserving_predict(plane().registry.name, None, request_body(),
+                                           request.content_type, g.call)
+        return answer, 200, answered_by(g.call)
 
 
 class TFPredict(Labelled, Inference):
     def post(self, model, version=None):
-        return plane().tfserving_predict(model, version, request_body(),
-                                         request.content_type, g.call)
+        answer = plane().tfserving_predict(model, version, request_body(), request.content_type, g.call)
+        return answer, 200, answered_by(g.call)
 
 
 class TFModelStatus(Labelled):

@@ -31,6 +31,7 @@ def context(settings: Settings, out_dir: Path, access_log: str, error_log: str) 
         "client_connections": settings.client_connections, "trusted_proxies": settings.trusted_proxies,
         "client_keepalive": settings.client_keepalive, "upstream_keepalive": settings.upstream_keepalive,
         "gunicorn_keepalive": settings.keepalive,
+        "cors_origins": settings.cors_origins,
         "access_log": access_log, "error_log": error_log, "prefix": out_dir,
         "site_conf": out_dir / "site.conf", "proxy_conf": out_dir / "proxy.conf",
         "errors_conf": out_dir / "errors.conf",

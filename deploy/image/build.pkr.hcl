@@ -24,7 +24,7 @@ build {
     # cloud-init may still hold apt's lock on first boot: wait for it before installing anything.
     inline = [
       "cloud-init status --wait || true",
-      "bash /tmp/keras-serving/app/deploy/image/provision.sh --source /tmp/keras-serving/app --model-store /tmp/keras-serving/models --app-version '${var.app_version}' --model-name '${var.model_name}' --model-version '${var.model_version}' --cloud-agents",
+      "bash /tmp/keras-serving/app/deploy/image/provision.sh --source /tmp/keras-serving/app --model-store /tmp/keras-serving/models --app-version '${var.app_version}' --model-name '${var.model_name}' --model-version '${var.model_version}' --setting 'SERVE_DEMO_PAGE=${var.demo_page}' --cloud-agents",
       "bash /opt/keras-serving/current/deploy/image/validate.sh --gpu",
       "rm -rf /tmp/keras-serving",
     ]

@@ -41,6 +41,12 @@ variable "model_store" {
   description = "Local model store to bake in, laid out as TensorFlow Serving's: <store>/<name>/<version>/."
 }
 
+variable "demo_page" {
+  type        = bool
+  default     = true
+  description = "Serve the demo page at / (SERVE_DEMO_PAGE); false: the instances answer the API alone."
+}
+
 variable "source_dir" {
   type        = string
   description = "Folder holding the app's files, uploaded as the release (deploy/bake stages a clean copy of a commit)."

@@ -13,7 +13,7 @@ import orjson
 import pytest
 import requests
 
-EXAMPLES = 200  # per operation and phase: about 90 s of requests on two cores
+EXAMPLES = 100  # per operation and phase: about 90 s on two cores (200 took three minutes of CI's 30)
 SEED = 7
 # Checks left out, each because it cannot apply to this API:
 EXCLUDED = {
@@ -69,7 +69,9 @@ def test_schemathesis_through_nginx_finds_no_5xx_and_no_nonconforming_answer(sta
     print(f"schemathesis: {public['operations']} + {status['operations']} operations, "
           f"{public['generated']} + {status['generated']} test cases, {len(lines)} requests through nginx, "
           f"{len(server_errors)} 5xx, {seconds:.0f} s")
-    public_operations = 20  # the OpenAPI document's operations less the two instance-only ones
+    # the OpenAPI document's operations less the two instance-only ones (3 of them asynchronous jobs'; the
+    # stack here has no broker, so they answer 404 naming SERVE_QUEUE_BACKEND)
+    public_operations = 23
     assert public["operations"] == public_operations and status["operations"] == 2
     assert public["generated"] >= public_operations * EXAMPLES
     assert len(lines) >= public["generated"]

@@ -53,8 +53,8 @@ def own_store(store, tmp_path):
 
 
 def test_reloads_in_a_row_roll_out_new_versions_without_a_failure_or_a_stall(own_store, tmp_path, digits):
-    """Two new model versions published and reloaded (SIGHUP) one after another, then a reload with no
-    new version (a new release of the code: every worker imports it afresh), all under load."""
+    """A new model version published and reloaded (SIGHUP), then at once a reload with no new version (a
+    new release of the code: every worker imports it afresh), all under load."""
     served = Counter()
     answers = []
 
@@ -69,7 +69,7 @@ def test_reloads_in_a_row_roll_out_new_versions_without_a_failure_or_a_stall(own
         with Load(stack.url + "/v2/models/digits/infer", v2_body(digits), CLIENTS, on_answer=record) as load, \
                 FewestReady(stack) as ready:
             load.wait_for(300)
-            for version in (2, 3, None):
+            for version in (2, None):
                 if version is not None:  # publish the new version as a deploy would: copy, then reload
                     shutil.copytree(own_store / "digits" / "1", own_store / "digits" / str(version))
                 old, started = stack.worker_pids(), time.monotonic()
@@ -79,35 +79,34 @@ def test_reloads_in_a_row_roll_out_new_versions_without_a_failure_or_a_stall(own
                 took.append(time.monotonic() - started)
             after_last = len(answers)
             load.wait_for(load.sent + 300)
-        line = load.report(f"3 reloads in a row (versions 2, 3, then a release), each took "
+        line = load.report(f"2 reloads in a row (version 2, then a release), each took "
                            f"{', '.join(f'{t:.1f}' for t in took)} s; answers by version {dict(sorted(served.items()))}")
         loads = load_seconds(stack.log())
     assert load.failed == 0, load.failures[:5]
     assert ready.fewest >= 2, "a worker stopped before its successor was warm"
-    assert set(answers[after_last:]) == {"3"}, "the newest version must serve once the reloads are done"
-    assert served["2"], "each version served while it was the newest"
+    assert set(answers[after_last:]) == {"2"}, "the newest version must serve once the reloads are done"
+    assert served["1"], "the first version served until the reload"
     # No request waited for a worker to start: one start (fork, import, load, warm-up) takes about half
     # a reload of two workers; the slowest answer must be far below it.
     worker_start = min(took) / 2
-    assert len(loads) == 2 + 6 and max(load.latencies) < worker_start / 2, (worker_start, loads, line)
+    assert len(loads) == 2 + 4 and max(load.latencies) < worker_start / 2, (worker_start, loads, line)
 
 
 def test_max_requests_recycles_workers_without_a_failure(store, tmp_path, digits):
-    """Workers replaced every 600 to 900 requests under load: each stops only once its successor is warm."""
+    """Workers replaced every 600 to 900 requests under load until both first workers are gone: each stops
+    only once its successor is warm."""
     stack = Stack(tmp_path, model_store=store, workers=2, threads=4, model_versions="latest",
                   max_requests=600, max_requests_jitter=300)
     with running(stack):
         first = stack.worker_pids()
         with Load(stack.url + "/v2/models/digits/infer", v2_body(digits), CLIENTS) as load, \
                 FewestReady(stack) as ready:
-            wait_until(lambda: stack.log().count("reached its request limit") >= 4, timeout=150,
-                       what="fewer than 4 workers were recycled")
-            wait_until(lambda: len(stack.ready_pids()) == 2 and stack.log().count("is warm: stopping worker") >= 4,
-                       timeout=60, what="the last recycling did not finish")
+            wait_until(lambda: not (stack.worker_pids() & first) and len(stack.ready_pids()) == 2, timeout=150,
+                       what="both first workers were not recycled")
             load.wait_for(load.sent + 200)
         recycled = stack.log().count("is warm: stopping worker")
         load.report(f"max_requests 600 + jitter 300: {recycled} workers recycled")
-        assert not (stack.worker_pids() & first), "both first workers were recycled"
+        assert recycled >= 2 and stack.log().count("reached its request limit") >= 2
     assert load.failed == 0, load.failures[:5]
     assert ready.fewest >= 2, "a worker stopped before its successor was warm"
     assert "WORKER TIMEOUT" not in stack.log()
