@@ -38,7 +38,7 @@ keepalive = settings.keepalive  # longer than nginx's upstream keepalive_timeout
 
 # -- Server mechanics -----------------------------------------------------------------------------
 preload_app = False  # the model must load after the fork, in each worker
-sendfile = False  # every answer is one write (api/process/worker.py); sendfile would send a file body before its held-back headers
+sendfile = False  # answers are one write (api/process/worker.py): sendfile would skip the held headers
 limit_request_line = 8190
 limit_request_fields = 100
 

@@ -7,7 +7,9 @@ For each model (digits; ResNet50 with random weights, made locally):
   3. the peers from ../shared/peers (hand-written tf.function worker, the HTTP ceiling, Ray Serve in its
      high-throughput mode from a venv of its own, see bench/ray_peer.py) under the same load, and our
      ratio to each;
-  4. cold start to /ready and resident memory per worker.
+  4. cold start to /ready and resident memory per worker;
+then, on digits, the batch job over a million rows (bench/batch.py): against the in-process limit, the
+stack's figures above, and its own peak memory on a file ten times smaller.
 One server runs at a time: on two cores, two servers measured at once measure nothing.
 """
 import argparse
@@ -19,7 +21,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bench import ray_peer, wrk
+from bench import batch, ray_peer, wrk
 from bench.harness import ROOT, log, machine
 from bench.models import digits_body, digits_store, resnet_jpeg_body, resnet_json_body, resnet_store
 from bench.servers import OurStack, Peer, RayServe
@@ -183,9 +185,15 @@ def main(argv=None) -> int:
     host = machine()
     output = [f"# make bench, {time.strftime('%Y-%m-%d %H:%M')}, {host}", ""]
     output += [table(r) + "\n" for r in reports]
+    batch_report = None
+    if "digits" in args.models.split(","):  # the batch job on the same rows (bench/batch.py, docs/batch.md)
+        digits = next(r for r in reports if r["model"] == "digits")
+        batch_report = batch.bench(digits_store(args.store), work, 20_000 if args.quick else 1_000_000, args.quick,
+                                   digits)
+        output.append(batch.table(batch_report) + "\n")
     print("\n".join(output))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": host, "reports": reports}, indent=1))
+    args.out.write_text(json.dumps({"machine": host, "reports": reports, "batch": batch_report}, indent=1))
     log(f"figures written to {args.out}; logs in {work}")
     return 0
 

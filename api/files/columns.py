@@ -14,7 +14,6 @@ where they parse as JSON and text otherwise, so a stray word fails its row with 
 None otherwise; `instances(table)` gives them one by one, as Python values. The job tries the first and
 falls back on the second, so both must mean the same: `bulk` only ever takes what `instances` would.
 """
-import re
 from dataclasses import dataclass
 
 import numpy as np

@@ -21,6 +21,7 @@ from api.model.signature import ModelSignature, TensorInfo
 from api.protocols import tfserving
 
 OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
+OPTIONS_NUMPY = orjson.OPT_SERIALIZE_NUMPY
 IMAGE_FORMATS = ("images", "file-list")
 
 
@@ -41,12 +42,14 @@ class Formatter:
         for positions, outputs in inferred.groups:
             answer = tfserving.predict_response(outputs, self.request, self.signature)
             predictions, ranked = answer["predictions"], answer.get("top_k")
+            texts = _row_texts(predictions)
             for j, position in enumerate(positions):
-                record = self.origin(block, position)
-                record["prediction"] = predictions[j]
-                if ranked is not None:
-                    record["top_k"] = ranked[j]
-                out.append((position, orjson.dumps(record, option=OPTIONS, default=_json_default)))
+                # Written piece by piece, the same bytes orjson writes for the whole record at once.
+                head = orjson.dumps(self.origin(block, position), default=_json_default)[:-1]
+                text = texts[j] if texts is not None else orjson.dumps(predictions[j], option=OPTIONS_NUMPY,
+                                                                        default=_json_default)
+                top = b',"top_k":' + orjson.dumps(ranked[j], option=OPTIONS_NUMPY) if ranked is not None else b""
+                out.append((position, head + b',"prediction":' + text + top + b"}\n"))
         return [line for _, line in sorted(out)] if len(inferred.groups) > 1 else [line for _, line in out]
 
     def errors(self, block, errors: dict[int, ApiError]) -> list[bytes]:
@@ -125,6 +128,16 @@ class Formatter:
     def _labels(self) -> tuple[str, ...]:
         first = next(iter(self.signature.outputs))
         return self.signature.labels if self.request.top_k_output == first else ()
+
+
+def _row_texts(predictions) -> list[bytes] | None:
+    """Each row's JSON of a [n, k] numeric array, from one orjson call on the whole array (a call per row
+    costs more than the rest of a line); None for any other value (then each row is written alone)."""
+    if not isinstance(predictions, np.ndarray) or predictions.ndim != 2 or predictions.dtype.kind not in "fiub" \
+            or not predictions.size:
+        return None
+    whole = orjson.dumps(predictions, option=OPTIONS_NUMPY)  # b"[[...],[...]]": numbers hold no brackets
+    return [b"[" + row + b"]" for row in whole[2:-2].split(b"],[")]
 
 
 def arrow_type(info: TensorInfo) -> pa.DataType:

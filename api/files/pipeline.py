@@ -81,6 +81,7 @@ class Job:
         except ApiError as exc:
             raise UsageError(f"--top-k: {exc.message}") from None
         self.batch = options.batch_size or auto_batch_size(signature)
+        runtime.warm_up((self.batch,))  # the first call's allocations are not the job's rate (as serving warms)
         self.block_limits = settings.model_copy(update={
             "max_instances": max(settings.max_instances, self.batch),
             "max_tensor_elements": settings.max_tensor_elements * self.batch})

@@ -111,7 +111,7 @@ class _Rows:
 
     def __init__(self, count: int, columns: Columns, table: pa.Table):
         self.bulk = columns.bulk(table)
-        self.bodies = None
+        self.bodies, self.bodies_are_instances = None, False
         self._columns, self._table, self._count = columns, table, count
 
     @property

@@ -41,6 +41,7 @@ class Block:
     numeric instance, still to be checked); `values` (computed on first use): per row, its instance or
     the ApiError it already failed with; `bodies`: per row, the text its instance came from (the check
     for JSON booleans reads it), or None where no text is kept. `keys`/`kept`: carried per row.
+    The fields past `done` are the job's: set by the job, not the reader.
     `done`: progress units of the source read once this block was.
     """
     source: Source
@@ -48,6 +49,7 @@ class Block:
     make_values: Callable[[], list] = field(repr=False)
     bulk: object = None
     bodies: list[bytes] | None = None
+    bodies_are_instances: bool = False  # each body is its row's instance itself (JSON Lines, no carried fields)
     keys: list | None = None
     kept: list[dict] | None = None
     done: int = 0
@@ -86,7 +88,7 @@ class JsonLines:
         kept = [s[2] for s in split] if split and self.layout.keep else None
         values = (lambda: [s[0] for s in split]) if split else (lambda: [self._parse(line)[0] for line in lines])
         return Block(self.source, numbers, values, bulk, [b if type(b) is bytes else b"" for b in lines],
-                     keys, kept, self._raw.tell())
+                     not self.layout.carries, keys, kept, self._raw.tell())
 
     def skip(self, count: int) -> int:
         skipped = 0
@@ -162,7 +164,7 @@ class _Columnar:
         def values():
             good = iter(columns.instances(table))
             return [errors[i] if i in errors else next(good) for i in range(len(numbers))]
-        return Block(self.source, numbers, values, bulk, None, keys, kept, self._done())
+        return Block(self.source, numbers, values, bulk, None, False, keys, kept, self._done())
 
     def skip(self, count: int) -> int:
         return sum(len(numbers) for _, numbers, _ in self._take(count))

@@ -35,25 +35,33 @@ class Checked:
 
 def check(block, signature: ModelSignature, limits, block_limits) -> Checked:
     """`block` (api/files/readers.Block) checked against the model: `limits` are the API's (SERVE_*), for a
-    row alone; `block_limits` the same with room for a block's instances and elements."""
+    row alone; `block_limits` the same with room for a block's instances and elements.
+
+    The block as one request first. Failing that (a bad row among them), the rows that are numbers are
+    read one by one in C (api/protocols/fastjson.py: exactly np.asarray's array) and checked together,
+    shape by shape; only the others go through the parser one at a time, so a block with a bad row
+    costs little more than a clean one."""
     if block.bulk is not None:
         inputs = _try(block.bulk, b"", signature, block_limits)
         if inputs is not None:
             return Checked({}, [(list(range(len(block))), inputs)])
     values = block.values
     errors = {i: v for i, v in enumerate(values) if isinstance(v, ApiError)}
-    good = [i for i in range(len(values)) if i not in errors]
-    if not good:
-        return Checked(errors, [])
-    if block.bulk is None:
-        candidate = _numeric(values[i] for i in good) if len(signature.inputs) == 1 else None
-        body = b"".join(block.bodies) if block.bodies else ANY_BOOLEAN
-        inputs = _try(candidate, b"", signature, block_limits) if candidate is not None else None
-        if inputs is None:
-            inputs = _try([values[i] for i in good], body, signature, block_limits)
-        if inputs is not None:
-            return Checked(errors, [(good, inputs)])
-    return _row_by_row(block, values, good, errors, signature, limits)
+    pending = [i for i in range(len(values)) if i not in errors]
+    groups = _numeric_groups(block, values, pending, signature, block_limits) if len(signature.inputs) == 1 else []
+    checked = {i for positions, _ in groups for i in positions}
+    rows = {}
+    for i in pending:
+        if i in checked:
+            continue
+        body = block.bodies[i] if block.bodies else ANY_BOOLEAN
+        try:
+            rows[i] = tfserving.parse_predict({"instances": [values[i]]}, body, signature, limits).inputs
+        except ApiError as exc:
+            errors[i] = exc
+    if rows:
+        groups = _regroup(groups, rows, signature)
+    return Checked(errors, groups)
 
 
 def _try(instances, body: bytes, signature: ModelSignature, limits) -> dict | None:
@@ -63,33 +71,40 @@ def _try(instances, body: bytes, signature: ModelSignature, limits) -> dict | No
         return None
 
 
-def _numeric(values) -> np.ndarray | None:
-    """Rows of numbers (bare, or in a single-input model's named form) as one array, through fastjson:
-    np.asarray's result at a quarter of its cost on nested lists (docs/batch.md)."""
-    rows = []
-    for value in values:
-        if type(value) is dict and len(value) == 1:  # noqa: E721 - JSON objects are dicts
+def _numeric_groups(block, values, positions, signature, limits) -> list:
+    """The rows whose instance is a regular array of numbers, stacked by shape and dtype and checked
+    together: `(positions, inputs)` of each group the checks took."""
+    by_kind: dict[tuple, tuple[list, list]] = {}
+    for i in positions:
+        value = values[i]
+        if type(value) is dict and len(value) == 1:  # noqa: E721 - the named form of a single input
             value = next(iter(value.values()))
-        if type(value) is not list:  # noqa: E721
-            return None
-        rows.append(value)
-    return fastjson.numeric_array(orjson.dumps(rows)) if rows else None
+        if type(value) is not list:  # noqa: E721 - JSON arrays are lists
+            continue
+        text = block.bodies[i] if block.bodies and block.bodies_are_instances else orjson.dumps(value)
+        array = fastjson.numeric_array(text)
+        if array is not None:
+            group = by_kind.setdefault((array.shape, array.dtype), ([], []))
+            group[0].append(i)
+            group[1].append(array)
+    groups = []
+    for rows, arrays in by_kind.values():
+        inputs = _try(np.stack(arrays), b"", signature, limits)
+        if inputs is not None:
+            groups.append((rows, inputs))
+    return groups
 
 
-def _row_by_row(block, values, good, errors, signature, limits) -> Checked:
-    rows = {}
-    for i in good:
-        body = block.bodies[i] if block.bodies else ANY_BOOLEAN
-        try:
-            rows[i] = tfserving.parse_predict({"instances": [values[i]]}, body, signature, limits).inputs
-        except ApiError as exc:
-            errors[i] = exc
+def _regroup(groups, rows: dict, signature) -> list:
+    """Groups and single rows merged: rows whose inputs have one shape in one group, in input order."""
+    for positions, inputs in groups:
+        for j, i in enumerate(positions):
+            rows[i] = {name: array[j:j + 1] for name, array in inputs.items()}
     by_shape: dict[tuple, list[int]] = {}
-    for i, inputs in rows.items():
-        by_shape.setdefault(tuple(a.shape for a in inputs.values()), []).append(i)
-    groups = [(positions, {name: np.concatenate([rows[i][name] for i in positions]) for name in signature.inputs})
-              for positions in by_shape.values()]
-    return Checked(errors, sorted(groups, key=lambda group: group[0][0]))
+    for i in sorted(rows):
+        by_shape.setdefault(tuple((a.shape, a.dtype) for a in rows[i].values()), []).append(i)
+    return sorted(((positions, {name: np.concatenate([rows[i][name] for i in positions]) for name in signature.inputs})
+                   for positions in by_shape.values()), key=lambda group: group[0][0])
 
 
 @dataclass

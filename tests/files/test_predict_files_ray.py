@@ -12,7 +12,8 @@ from tests.files.datasets import digit_rows, predictions, read_lines
 ray = pytest.importorskip("ray", reason="Ray is the optional extra in requirements-batch.txt (make install-dev)")
 
 # Ray's own modules warn about its own deprecated settings on import and start: not ours to fix.
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*", "ignore::FutureWarning:ray.*")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*", "ignore::FutureWarning:ray.*",
+                                        "ignore:The minimum number of concurrent actors:UserWarning")
 
 ROWS, BATCH = 3000, 500
 BAD = {700: [0.5] * 63, 1900: [], 2501: None}  # a list one short, an empty list, a null
@@ -44,7 +45,7 @@ def test_ray_data_map_batches_with_the_predictor_gives_the_commands_predictions(
 
     from api.files.predictor import Predictor
 
-    result = (ray.data.read_parquet(str(exports))
+    result = (ray.data.read_parquet(str(exports)).repartition(ROWS // BATCH)  # tiny files are read as one block
               .map_batches(Predictor, fn_constructor_kwargs={"store": str(store), "model": "digits"},
                            batch_format="pyarrow", batch_size=BATCH, concurrency=2, num_cpus=0.5)
               .to_arrow_refs())

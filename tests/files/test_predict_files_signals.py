@@ -29,9 +29,23 @@ def dirty_rows(digits, tmp_path_factory):
 
 
 def start(store, rows, out, *extra):
+    """The command in a child process, its stderr (progress, summary) in a file: a pipe nobody reads while
+    the test waits could fill and stall it."""
     env = {**os.environ, "SERVE_RUN_DIR": str(out.parent / "run"), "SERVE_BATCH_PROGRESS_SECONDS": "0.2"}
-    return subprocess.Popen([sys.executable, "-m", "api.cli", "predict-files", str(rows), "-o", str(out),
-                             "--store", str(store), *OPTIONS, *extra], env=env, stderr=subprocess.PIPE, text=True)
+    log = open(out.parent / f"stderr-{time.monotonic_ns()}.log", "w+")
+    child = subprocess.Popen([sys.executable, "-m", "api.cli", "predict-files", str(rows), "-o", str(out),
+                              "--store", str(store), *OPTIONS, *extra], env=env, stderr=log, text=True)
+    child.log = log
+    return child
+
+
+def finish(child, timeout: float) -> str:
+    """Wait for the child; its stderr."""
+    child.wait(timeout=timeout)
+    child.log.seek(0)
+    text = child.log.read()
+    child.log.close()
+    return text
 
 
 def shards_done(out) -> int:
@@ -64,13 +78,13 @@ def test_sigkill_then_sigterm_then_resume_writes_the_uninterrupted_runs_bytes(st
     killed = start(store, dirty_rows, out)
     wait_for_shards(out, 2, killed)
     killed.kill()
-    killed.communicate()
+    finish(killed, 60)
     assert not orjson.loads((out / MANIFEST).read_bytes())["complete"]
 
     stopped = start(store, dirty_rows, out, "--resume")
     before = wait_for_shards(out, shards_done(out) + 1, stopped)
     stopped.send_signal(signal.SIGTERM)
-    _, stderr = stopped.communicate(timeout=120)
+    stderr = finish(stopped, 120)
     assert stopped.returncode == 143, stderr
     assert "interrupted by SIGTERM at a shard's end" in stderr
     manifest = orjson.loads((out / MANIFEST).read_bytes())
@@ -81,7 +95,7 @@ def test_sigkill_then_sigterm_then_resume_writes_the_uninterrupted_runs_bytes(st
         assert len((out / shard["file"]).read_bytes().splitlines()) == shard["predicted"]
 
     resumed = start(store, dirty_rows, out, "--resume")
-    _, stderr = resumed.communicate(timeout=300)
+    stderr = finish(resumed, 300)
     assert resumed.returncode == 0, stderr
     assert output_bytes(out) == output_bytes(reference)
     assert len(read_lines(out / "errors.jsonl")) == ROWS // 500

@@ -101,7 +101,7 @@ def test_every_job_ends_with_predicts_answer_while_workers_are_killed_and_redis_
         producer.join()
         assert kills >= (STRESS_JOBS / STRESS_RATE) / KILL_EVERY / 3, f"only {kills} kills"
         assert restarted or backend != "redis"
-        pending, deadline = set(ids), time.monotonic() + 240
+        pending, deadline = set(ids), time.monotonic() + float(os.environ.get("QUEUE_STRESS_WAIT", "240"))
         while pending and time.monotonic() < deadline:
             pending = {i for i in pending if record_retrying(producer_broker, i).state not in TERMINAL}
             time.sleep(0.5)
@@ -110,9 +110,11 @@ def test_every_job_ends_with_predicts_answer_while_workers_are_killed_and_redis_
         for worker in workers:
             worker.kill()
     assert len(set(ids)) == STRESS_JOBS
+    stuck = [i for i in ids if records[i].state != "succeeded"]
+    assert not stuck, (f"{len(stuck)} jobs not succeeded, e.g. {records[stuck[0]]}; {producer_broker.stats()}; "
+                       f"its log lines: {[line for w in workers + dead for line in w.log().splitlines() if stuck[0] in line]}")
     for n, job_id in enumerate(ids):
         record = records[job_id]
-        assert record.state == "succeeded", (job_id, record)
         assert same_answer(orjson.loads(record.answer), expected[n % len(bodies)]), job_id
     # answered once: every job's answer was written by exactly one worker; re-reads give the same bytes
     written: dict[str, int] = {}
