@@ -6,7 +6,7 @@ STORE ?= $(or $(SERVE_MODEL_STORE),models)
 PIP_VERSION := 26.3
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev system-deps deploy-tools client-tools model serve settings settings-table test check bench soak loadtest predict-files clean
+.PHONY: help install install-dev system-deps deploy-tools client-tools model serve serve-async settings settings-table test check bench soak loadtest predict-files clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -37,6 +37,10 @@ model: $(STORE)/digits/1/model.keras  ## train the default model (digits) if the
 
 serve: install system-deps model  ## nginx + gunicorn on the default model: http://127.0.0.1:8080 (Ctrl-C stops)
 	SERVE_MODEL_STORE=$(STORE) $(BIN)/keras-serving serve
+
+QUEUE_WORKERS ?= 1
+serve-async: install system-deps model  ## serve + a local redis-server + job workers: POST .../:submit, GET /v1/jobs/<id> (docs/async.md)
+	SERVE_MODEL_STORE=$(STORE) SERVE_QUEUE_BACKEND=redis SERVE_QUEUE_WORKERS=$(QUEUE_WORKERS) $(BIN)/keras-serving serve-async
 
 settings: install  ## print every setting: SERVE_NAME=effective value  # what it does
 	@$(BIN)/keras-serving settings

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian/Ubuntu packages the stack and its tests need, when missing: nginx, prometheus
 # (its server and promtool: tests/test_metrics.py scrapes the stack with them) and slowhttptest
-# (tests/faults/ holds slow-client attacks against the stack), chromium and a font (tests/browser/).
+# (tests/faults/ holds slow-client attacks against the stack), chromium and a font (tests/browser/),
+# redis-server (the job queue: make serve-async, tests/queue/).
 set -o errexit -o nounset -o pipefail
 
 need=()
@@ -12,6 +13,8 @@ command -v slowhttptest >/dev/null 2>&1 || need+=(slowhttptest)
 # screenshots readable text on a machine with no fonts.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
+# The job queue's broker: `make serve-async` runs it locally, tests/queue/ against the real server.
+command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || need+=(redis-server)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 sudo=""

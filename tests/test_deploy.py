@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 IMAGE = DEPLOY / "image"
 TEMPLATE = DEPLOY / "cloudformation" / "serving.yaml"
+WORKERS_TEMPLATE = DEPLOY / "cloudformation" / "workers.yaml"
 DEPLOY_VENV_BIN = REPO / ".venv" / "deploy-tools" / "bin"
 SCRIPTS = [DEPLOY / "bake", DEPLOY / "rollout", DEPLOY / "loadtest", *sorted(IMAGE.glob("*.sh")),
            REPO / "scripts" / "install_deploy_tools.sh"]
@@ -187,6 +188,94 @@ def test_gpu_scaling_reads_the_metric_the_agent_publishes(cfn):
     assert [d["Name"] for d in spec["Dimensions"]] == ["AutoScalingGroupName"]
 
 
+# -- the queue workers' stack (workers.yaml) --------------------------------------------------------
+@pytest.fixture(scope="module")
+def workers_cfn():
+    return yaml.load(WORKERS_TEMPLATE.read_text(), Loader=_CfnLoader)
+
+
+def test_workers_template_passes_cfn_lint_and_checkov(workers_cfn):
+    result = run(tool("cfn-lint"), WORKERS_TEMPLATE)
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = _checkov(WORKERS_TEMPLATE)
+    assert results["failed_checks"] == [], [(c["check_id"], c["resource"]) for c in results["failed_checks"]]
+    assert results["passed_checks"]
+    for resource in workers_cfn["Resources"].values():
+        for skip in resource.get("Metadata", {}).get("checkov", {}).get("skip", []):
+            assert len(skip.get("comment", "")) > 20, f"checkov skip {skip['id']} has no reason"
+
+
+def _worker_env(workers_cfn) -> dict:
+    """The user data's worker.env, as cloud-init writes it (the ${...} filled with stand-ins)."""
+    user_data = workers_cfn["Resources"]["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
+    text = re.sub(r"\$\{([A-Za-z0-9:]+)\}", "filled", user_data["Fn::Base64"]["Fn::Sub"])
+    assert text.startswith("#cloud-config\n")
+    files = {f["path"]: f for f in yaml.safe_load(text)["write_files"]}
+    env = files["/etc/keras-serving/worker.env"]
+    assert env["permissions"] == "0640" and env["owner"] == "root:keras-serving"
+    assert "TimeoutStopSec=" in files["/etc/systemd/system/keras-serving-worker.service.d/stop.conf"]["content"]
+    return dict(line.split("=", 1) for line in env["content"].splitlines() if line and not line.startswith("#"))
+
+
+def test_worker_user_data_sets_the_queue_settings_the_app_reads(workers_cfn):
+    env = _worker_env(workers_cfn)
+    for name in env:
+        assert name == "AWS_DEFAULT_REGION" or name[6:].lower() in Settings.model_fields, name
+    assert env["SERVE_QUEUE_BACKEND"] == "'sqs'"
+    # The worker protects its instance in the group its own IAM policy names (api/queue/protection.py).
+    user_data = workers_cfn["Resources"]["WorkerLaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]
+    group = workers_cfn["Resources"]["WorkerGroup"]["Properties"]["AutoScalingGroupName"]["Fn::Sub"]
+    assert f"SERVE_QUEUE_AUTOSCALING_GROUP='{group}'" in user_data["Fn::Base64"]["Fn::Sub"]
+    role = workers_cfn["Resources"]["WorkerRole"]["Properties"]["Policies"]
+    protect = next(s for p in role for s in p["PolicyDocument"]["Statement"] if s["Action"] == "autoscaling:SetInstanceProtection")
+    assert protect["Resource"]["Fn::Sub"].endswith(f"autoScalingGroupName/{group}")
+
+
+def test_dead_letters_after_one_more_receive_than_the_worker_allows(workers_cfn):
+    queue = workers_cfn["Resources"]["JobQueue"]["Properties"]
+    redrive = queue["RedrivePolicy"]
+    assert redrive["deadLetterTargetArn"] == {"Fn::GetAtt": "DeadLetterQueue.Arn"}
+    assert redrive["maxReceiveCount"] == {"Fn::FindInMap": ["Redrive", {"Ref": "MaxDeliveries"}, "MaxReceiveCount"]}
+    mapping = workers_cfn["Mappings"]["Redrive"]
+    assert set(mapping) == set(workers_cfn["Parameters"]["MaxDeliveries"]["AllowedValues"])
+    assert all(v["MaxReceiveCount"] == int(k) + 1 for k, v in mapping.items())
+    assert _worker_env(workers_cfn)["SERVE_QUEUE_MAX_DELIVERIES"] == "'filled'"  # ${MaxDeliveries}
+    # Results expire: the bucket's lifecycle covers the prefix the app writes under.
+    rules = workers_cfn["Resources"]["ResultsBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    assert any(r.get("Prefix") == Settings().queue_s3_prefix and "ExpirationInDays" in r for r in rules)
+
+
+def test_workers_scale_on_backlog_per_worker_and_start_from_zero(workers_cfn):
+    resources = workers_cfn["Resources"]
+    group = resources["WorkerGroup"]["Properties"]
+    assert group["MinSize"] == 0 and "DesiredCapacity" not in group and group["MetricsCollection"]
+    tracking = resources["BacklogScaling"]["Properties"]["TargetTrackingConfiguration"]["CustomizedMetricSpecification"]
+    metrics = {m["Id"]: m for m in tracking["Metrics"]}
+    assert [m["Id"] for m in tracking["Metrics"] if m.get("ReturnData")] == ["backlog"]
+    assert metrics["backlog"]["Expression"] == "visible / inservice"
+    assert metrics["visible"]["MetricStat"]["Metric"]["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    assert metrics["inservice"]["MetricStat"]["Metric"]["MetricName"] == "GroupInServiceInstances"
+    # backlog / 0 has no value: an alarm on "jobs wait, no worker" drives a step policy to start one.
+    alarm = resources["FirstWorkerAlarm"]["Properties"]
+    assert alarm["AlarmActions"] == [{"Ref": "FirstWorkerScaling"}]
+    start = next(m for m in alarm["Metrics"] if m.get("ReturnData"))["Expression"]
+    assert "visible > 0" in start and "FILL(inservice, 0) == 0" in start
+    step = resources["FirstWorkerScaling"]["Properties"]
+    assert step["PolicyType"] == "StepScaling" and step["StepAdjustments"][0]["ScalingAdjustment"] == 1
+
+
+def test_worker_role_is_least_privilege(workers_cfn):
+    statements = [s for p in workers_cfn["Resources"]["WorkerRole"]["Properties"]["Policies"]
+                  for s in p["PolicyDocument"]["Statement"]]
+    for statement in statements:
+        assert statement["Resource"] != "*" and "*" not in str(statement["Action"])
+    actions = {a for s in statements for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])}
+    assert "sqs:SendMessage" in actions  # to the dead-letter queue only:
+    send = [s for s in statements if "sqs:SendMessage" in s["Action"]]
+    assert [s["Resource"] for s in send] == [{"Fn::GetAtt": "DeadLetterQueue.Arn"}]
+    assert not actions & {"s3:DeleteObject", "sqs:PurgeQueue", "sqs:DeleteQueue"}
+
+
 # -- shell ----------------------------------------------------------------------------------------
 def test_shellcheck_passes_every_deploy_script(tmp_path, cfn):
     user_data = cfn["Resources"]["LaunchTemplate"]["Properties"]["LaunchTemplateData"]["UserData"]["Fn::Base64"]["Fn::Sub"]
@@ -264,7 +353,9 @@ def _provision(root: Path, store: Path, port: int, status_port: int, **extra) ->
             # The release venv is layered over this one: pip still resolves requirements.txt against it.
             "--reuse-site-packages", next((REPO / ".venv" / "lib").glob("python3*/site-packages")),
             "--setting", "SERVE_HOST=127.0.0.1", "--setting", "SERVE_WORKERS=1",
-            "--setting", "SERVE_WARMUP_BATCHES=[1]"]
+            "--setting", "SERVE_WARMUP_BATCHES=[1]",
+            # The nightly job's units too (deploy/systemd/install.sh), so validate.sh verifies them.
+            "--batch-input", "/srv/exports/*.csv", "--batch-output", "/srv/predictions", *extra.get("more", [])]
     return run(IMAGE / "provision.sh", *args, timeout=300)
 
 
@@ -284,7 +375,7 @@ def test_provisioned_tree_passes_its_own_validation(instance):
     tool("systemd-analyze")
     result = run(IMAGE / "validate.sh", "--root", root)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "systemd units verify" in result.stdout
+    assert "systemd units verify (5 units)" in result.stdout  # server, worker, GPU check, nightly job and timer
 
 
 def test_units_stop_gracefully_within_the_settings_timeouts(instance):
@@ -299,6 +390,46 @@ def test_units_stop_gracefully_within_the_settings_timeouts(instance):
     assert drain > settings.request_timeout and f"TimeoutStopSec={drain}" in nginx
     assert not (root / "etc/systemd/system/keras-serving.service.d/gpu.conf").exists()  # --cpu: no GPU required
     assert (root / "etc/systemd/system/multi-user.target.wants/keras-serving.service").is_symlink()
+    # The queue worker: SIGTERM drains the jobs it holds, each renewed for at most queue_max_job_seconds.
+    worker = (root / "etc/systemd/system/keras-serving-worker.service").read_text()
+    assert "KillSignal=SIGTERM" in worker and "EnvironmentFile=" + str(root / "etc/keras-serving/env") in worker
+    assert int(re.search(r"^TimeoutStopSec=(\d+)", worker, re.M).group(1)) > settings.queue_max_job_seconds
+    assert (root / "etc/systemd/system/multi-user.target.wants/keras-serving-worker.service").is_symlink()
+
+
+def test_one_image_two_roles_chosen_by_worker_env(instance):
+    """Both roles' units are enabled; worker.env (written by the worker group's user data, or --role worker)
+    starts the worker and keeps the HTTP stack (gunicorn and nginx) down, its absence the reverse."""
+    root, store, ports = instance
+    units, worker_env = root / "etc/systemd/system", root / "etc/keras-serving/worker.env"
+    condition = f"ConditionPathExists={worker_env}"
+    assert condition in (units / "keras-serving-worker.service").read_text()
+    for drop_in in ("keras-serving.service.d/role.conf", "nginx.service.d/keras-serving-role.conf"):
+        assert f"ConditionPathExists=!{worker_env}" in (units / drop_in).read_text()
+    assert not worker_env.exists()  # the default image is a server until its boot says otherwise
+    try:
+        result = _provision(root, store, *ports, more=["--role", "worker"])
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert worker_env.exists() and "role: worker" in result.stdout
+        # worker.env is a systemd environment file: only comments and SERVE_ names the settings know
+        names = [line.split("=")[0] for line in worker_env.read_text().splitlines() if line and not line.startswith("#")]
+        assert all(name[6:].lower() in Settings.model_fields for name in names)
+    finally:
+        worker_env.unlink(missing_ok=True)
+
+
+def test_nightly_batch_job_is_installed_from_the_release(instance):
+    root, _, _ = instance
+    units = root / "etc/systemd/system"
+    assert (root / "opt/keras-serving/current/deploy/systemd/install.sh").exists()
+    assert (units / "timers.target.wants/keras-serving-predict-files.timer").is_symlink()
+    service = (units / "keras-serving-predict-files.service").read_text()
+    assert f"ReadWritePaths={root}/srv/predictions" in service
+    # Its ExecStart runs the release's own keras-serving command: provision.sh makes it.
+    launcher = root / "opt/keras-serving/current/.venv/bin/keras-serving"
+    assert f"{launcher} predict-files" in service.replace("@ROOT@", str(root))
+    result = run(launcher, "predict-files", "--help")
+    assert result.returncode == 0 and "predict-files" in result.stdout
 
 
 def test_validation_catches_a_unit_systemd_would_half_ignore(instance):

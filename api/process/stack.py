@@ -242,8 +242,10 @@ def kill_group(process: subprocess.Popen) -> None:
 
 # -- main -----------------------------------------------------------------------------------------------
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None, companions=None, description: str | None = None) -> int:
+    """`companions`: more processes to run with the stack (api/process/async_stack.py), an object with
+    `start(settings)` (after gunicorn and nginx), `poll()` (each turn of the wait) and `stop()` (last)."""
+    parser = argparse.ArgumentParser(description=description or __doc__.splitlines()[0])
     parser.add_argument("--access-log", help="nginx's JSON access log (default: <run_dir>/nginx/access.log)")
     args = parser.parse_args(argv)
     os.chdir(ROOT)  # relative settings (run/, models/) mean the same here as in gunicorn, started here too
@@ -256,12 +258,12 @@ def main(argv=None) -> int:
     clear_leftovers(settings.run_dir)
     pid_file = claim(settings.run_dir)
     try:
-        return serve(settings, nginx, args.access_log)
+        return serve(settings, nginx, args.access_log, companions)
     finally:
         pid_file.unlink(missing_ok=True)
 
 
-def serve(settings: Settings, nginx_path: str, access_log: str | None) -> int:
+def serve(settings: Settings, nginx_path: str, access_log: str | None, companions=None) -> int:
     stop_draining(settings.run_dir)
     conf = render(settings, settings.run_dir / "nginx", local=True, access_log=access_log)
 
@@ -284,11 +286,18 @@ def serve(settings: Settings, nginx_path: str, access_log: str | None) -> int:
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGHUP, lambda signum, frame: gunicorn.send_signal(signal.SIGHUP))
+    if companions:
+        companions.start(settings)  # after gunicorn: its start wipes the metrics folder they write to
     while not stopping and gunicorn.poll() is None and nginx.poll() is None:
         time.sleep(0.2)
+        if companions:
+            companions.poll()
     if stopping:
         drain(settings, stopping, (nginx, gunicorn))
-    return shutdown(nginx, gunicorn, settings, clean=bool(stopping))
+    code = shutdown(nginx, gunicorn, settings, clean=bool(stopping))
+    if companions:
+        companions.stop()
+    return code
 
 
 def drain(settings: Settings, stopping: list, processes) -> None:

@@ -163,16 +163,18 @@ class SqsQueue(JobQueue):
 
     def receive(self, consumer: str, count: int, wait: float) -> list[Delivery]:
         taken: list[Delivery] = []
+        long_poll = min(20, int(wait))  # SQS waits whole seconds
         with _reachable():
             while len(taken) < count:
                 reply = self.sqs.receive_message(
                     QueueUrl=self.url, MaxNumberOfMessages=min(10, count - len(taken)), VisibilityTimeout=self.lease,
-                    WaitTimeSeconds=0 if taken else min(20, max(0, round(wait))),
-                    MessageSystemAttributeNames=["ApproximateReceiveCount"])
+                    WaitTimeSeconds=0 if taken else long_poll, MessageSystemAttributeNames=["ApproximateReceiveCount"])
                 messages = reply.get("Messages", [])
                 taken += [self._delivery(m) for m in messages]
                 if len(messages) < 10:
                     break
+        if not taken and wait - long_poll > 0:
+            time.sleep(wait - long_poll)  # the part of `wait` SQS cannot: an idle worker must not spin
         return taken
 
     def _delivery(self, message: dict) -> Delivery:

@@ -9,7 +9,10 @@ usage() {
 Usage: provision.sh --app-version V --model-version V --model-store DIR [options]
 
 Installs the app, its virtualenv, the model store, nginx's site, systemd units, the environment file
-/etc/keras-serving/env, log rotation and the CloudWatch agent's config.
+/etc/keras-serving/env, log rotation and the CloudWatch agent's config. Both roles' units are installed
+and enabled: the HTTP server (keras-serving.service, nginx) runs unless /etc/keras-serving/worker.env
+exists, the queue worker (keras-serving-worker.service) only where it does; the worker group's user data
+writes that file at boot (deploy/cloudformation/workers.yaml), so one image serves both.
 
   --app-version V        release name: /opt/keras-serving/releases/V, pointed at by `current`
   --model-version V      the model version directory baked in and served (SERVE_MODEL_VERSIONS)
@@ -26,6 +29,11 @@ Installs the app, its virtualenv, the model store, nginx's site, systemd units, 
   --reuse-site-packages DIR   layer the virtualenv over DIR (another venv's site-packages) so pip finds
                          the pins already there: fast tests, same requirement resolution
   --cloud-agents         also install the CloudWatch agent and cfn-bootstrap (image bakes on EC2)
+  --role server|worker   bake the role in: `worker` writes /etc/keras-serving/worker.env (the queue's
+                         SERVE_QUEUE_* settings go there or in --setting), `server` removes it;
+                         without --role the file is left as it is (the boot chooses)
+  --batch-input PATH --batch-output DIR   also install the nightly predict-files job on these paths
+                         (deploy/systemd/install.sh; the release has it for later installs too)
   -h, --help             this text
 EOF
 }
@@ -33,7 +41,7 @@ EOF
 ROOT="" APP_VERSION="" MODEL_VERSION="" MODEL_NAME="digits" MODEL_SOURCE="" CPU=0 CLOUD_AGENTS=0
 SOURCE="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 SERVICE_USER="keras-serving" PORT=8080 STATUS_PORT=8081 PYTHON="python3" REUSE_SITE_PACKAGES=""
-EXTRA_SETTINGS=()
+EXTRA_SETTINGS=() ROLE="" BATCH_INPUT="" BATCH_OUTPUT=""
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -51,6 +59,9 @@ while [ $# -gt 0 ]; do
         --python) PYTHON="$2"; shift 2 ;;
         --reuse-site-packages) REUSE_SITE_PACKAGES="$(cd "$2" && pwd)"; shift 2 ;;
         --cloud-agents) CLOUD_AGENTS=1; shift ;;
+        --role) ROLE="$2"; shift 2 ;;
+        --batch-input) BATCH_INPUT="$2"; shift 2 ;;
+        --batch-output) BATCH_OUTPUT="$2"; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) echo "provision.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -67,6 +78,9 @@ step() { echo "==> $*"; }
     || fail "the model store has no $MODEL_NAME version $MODEL_VERSION: $MODEL_SOURCE/$MODEL_NAME/$MODEL_VERSION"
 [ "$(id -u)" -eq 0 ] || [ -n "$ROOT" ] || fail "run as root, or with --root DIR"
 [ "$CLOUD_AGENTS" -eq 0 ] || [ -z "$ROOT" ] || fail "--cloud-agents installs system-wide: not with --root"
+[[ "$ROLE" =~ ^(|server|worker)$ ]] || fail "--role must be server or worker: $ROLE"
+{ [ -n "$BATCH_INPUT" ] && [ -n "$BATCH_OUTPUT" ]; } || { [ -z "$BATCH_INPUT" ] && [ -z "$BATCH_OUTPUT" ]; } \
+    || fail "--batch-input and --batch-output go together"
 
 # Every path below is under $ROOT ("" on an instance); units and configs name the same paths.
 APP_HOME="$ROOT/opt/keras-serving"
@@ -118,7 +132,7 @@ install_release() {
     mkdir -p "$RELEASE"
     local item
     for item in api wsgi.py gunicorn.conf.py scripts nginx pyproject.toml README.md \
-        requirements.txt requirements-gpu.txt deploy/image; do
+        requirements.txt requirements-gpu.txt deploy/image deploy/systemd; do
         [ -e "$SOURCE/$item" ] || fail "the source $SOURCE has no $item"
         mkdir -p "$(dirname "$RELEASE/$item")"
         rm -rf "${RELEASE:?}/$item"
@@ -126,7 +140,7 @@ install_release() {
     done
     find "$RELEASE" -path "$VENV" -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
     # Uploads (Packer's file provisioner) need not keep the executable bit the units rely on.
-    chmod +x "$RELEASE"/deploy/image/*.sh
+    chmod +x "$RELEASE"/deploy/image/*.sh "$RELEASE"/deploy/systemd/*.sh
     chmod -R go-w "$RELEASE"
 }
 
@@ -138,6 +152,15 @@ install_virtualenv() {
     fi
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input -r "$RELEASE/$REQUIREMENTS"
     "$VENV/bin/python" -m pip check >/dev/null || fail "pip check found broken requirements in $VENV"
+    # The release's own command, as `pip install .` would make it but without building the app: the
+    # nightly job's unit runs .venv/bin/keras-serving, and operators use it on the instance.
+    "$VENV/bin/python" -c 'import sysconfig, sys; open(sysconfig.get_path("purelib") + "/keras_serving_release.pth", "w").write(sys.argv[1] + "\n")' "$RELEASE"
+    cat >"$VENV/bin/keras-serving" <<'LAUNCHER'
+#!/bin/sh
+# keras-serving from this release (written by deploy/image/provision.sh)
+exec "$(dirname "$0")/python" -m api.cli "$@"
+LAUNCHER
+    chmod 0755 "$VENV/bin/keras-serving"
 }
 
 install_models() {
@@ -185,6 +208,24 @@ write_env_file() {
     mv "$tmp" "$ENV_FILE"
 }
 
+write_role() {
+    local worker_env="$CONF_DIR/worker.env"
+    case "$ROLE" in
+        server) step "role: server (no $worker_env)"; rm -f "$worker_env" ;;
+        worker)
+            step "role: worker ($worker_env)"
+            {
+                echo "# This instance runs keras-serving-worker.service, not the HTTP server (provision.sh --role worker)."
+                echo "# The worker's SERVE_QUEUE_* settings (docs/async.md) go here; they override ./env."
+            } >"$worker_env.tmp"
+            chmod 0640 "$worker_env.tmp"
+            chgrp "$(id -gn "$SERVICE_USER")" "$worker_env.tmp"
+            mv "$worker_env.tmp" "$worker_env"
+            ;;
+        *) step "role: chosen at boot (worker.env $([ -f "$worker_env" ] && echo present || echo absent))" ;;
+    esac
+}
+
 # Runs python in the release with the environment file loaded: what the gunicorn unit will see.
 release_python() {
     # shellcheck disable=SC1090  # the file write_env_file just wrote
@@ -198,6 +239,13 @@ read_settings() {
     # systemd must outwait gunicorn's drain (/ready 503 while still serving) and its graceful stop,
     # else it SIGKILLs workers mid-request.
     GUNICORN_STOP_SEC=$((DRAIN_SECONDS + GRACEFUL_TIMEOUT + 10))
+    # A queue worker's SIGTERM drain finishes the jobs it holds, each at most SERVE_QUEUE_MAX_JOB_SECONDS
+    # (its lease renewals stop there); systemd must outwait it. worker.env may raise that limit.
+    local max_job
+    # shellcheck disable=SC1090,SC1091  # the files write_env_file and the role wrote
+    max_job=$(set -a && . "$ENV_FILE" && { [ ! -f "$CONF_DIR/worker.env" ] || . "$CONF_DIR/worker.env"; } && set +a \
+        && cd "$RELEASE" && "$VENV/bin/python" -c 'from api.settings import Settings; print(int(-(-Settings().queue_max_job_seconds // 1)))')
+    WORKER_STOP_SEC=$((max_job + 30))
     # nginx's graceful QUIT waits for requests in flight, each bounded by the request timeout.
     NGINX_DRAIN_SEC=$((REQUEST_TIMEOUT + 5))
 }
@@ -244,27 +292,35 @@ EOF
 fill() {  # fill TEMPLATE OUT: replace the at-sign placeholders of deploy/image/files
     sed -e "s|@ROOT@|$ROOT|g" -e "s|@USER@|$SERVICE_USER|g" -e "s|@GROUP@|$(id -gn "$SERVICE_USER")|g" \
         -e "s|@GUNICORN_STOP_SEC@|$GUNICORN_STOP_SEC|g" -e "s|@NGINX_DRAIN_SEC@|$NGINX_DRAIN_SEC|g" \
-        -e "s|@REQUEST_TIMEOUT@|$REQUEST_TIMEOUT|g" "$1" >"$2.tmp"
+        -e "s|@REQUEST_TIMEOUT@|$REQUEST_TIMEOUT|g" -e "s|@WORKER_STOP_SEC@|$WORKER_STOP_SEC|g" "$1" >"$2.tmp"
     if grep -q '@[A-Z_]*@' "$2.tmp"; then fail "unfilled placeholder in $2: $(grep -o '@[A-Z_]*@' "$2.tmp" | head -1)"; fi
     mv "$2.tmp" "$2"
 }
 
 install_units() {
     step "systemd units: $UNIT_DIR"
-    mkdir -p "$UNIT_DIR/nginx.service.d" "$UNIT_DIR/keras-serving.service.d" "$LOG_DIR" "$RUN_DIR"
+    mkdir -p "$UNIT_DIR/nginx.service.d" "$UNIT_DIR/keras-serving.service.d" "$UNIT_DIR/keras-serving-worker.service.d" \
+        "$LOG_DIR" "$RUN_DIR"
     fill "$FILES/keras-serving.service" "$UNIT_DIR/keras-serving.service"
+    fill "$FILES/keras-serving-worker.service" "$UNIT_DIR/keras-serving-worker.service"
     fill "$FILES/keras-serving-gpu-check.service" "$UNIT_DIR/keras-serving-gpu-check.service"
     fill "$FILES/nginx-drain.conf" "$UNIT_DIR/nginx.service.d/keras-serving.conf"
-    if [ "$DEVICE" = "gpu" ]; then
-        fill "$FILES/requires-gpu.conf" "$UNIT_DIR/keras-serving.service.d/gpu.conf"
-    else
-        rm -f "$UNIT_DIR/keras-serving.service.d/gpu.conf"
-    fi
+    # The HTTP stack stands down where worker.env exists (the worker unit's own condition is the reverse).
+    fill "$FILES/server-role.conf" "$UNIT_DIR/keras-serving.service.d/role.conf"
+    fill "$FILES/server-role.conf" "$UNIT_DIR/nginx.service.d/keras-serving-role.conf"
+    local unit
+    for unit in keras-serving keras-serving-worker; do
+        if [ "$DEVICE" = "gpu" ]; then
+            fill "$FILES/requires-gpu.conf" "$UNIT_DIR/$unit.service.d/gpu.conf"
+        else
+            rm -f "$UNIT_DIR/$unit.service.d/gpu.conf"
+        fi
+    done
     chown "$SERVICE_USER:$(id -gn "$SERVICE_USER")" "$LOG_DIR" "$RUN_DIR"
     chmod 0750 "$LOG_DIR" "$RUN_DIR"
     # Enabled, not started: the instance starts them at boot. --root makes the links offline.
-    systemctl --root="${ROOT:-/}" enable keras-serving.service keras-serving-gpu-check.service >/dev/null 2>&1 \
-        || fail "systemctl enable failed"
+    systemctl --root="${ROOT:-/}" enable keras-serving.service keras-serving-worker.service \
+        keras-serving-gpu-check.service >/dev/null 2>&1 || fail "systemctl enable failed"
     if [ -z "$ROOT" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 }
 
@@ -305,6 +361,15 @@ install_cloud_agents() {
     fi
 }
 
+install_batch_job() {
+    # The nightly predict-files job (keras-serving-predict-files.service + .timer), installed by its own
+    # script from the release: its units are filled in as the server's, its timer enabled.
+    step "nightly predict-files: $BATCH_INPUT -> $BATCH_OUTPUT"
+    local args=(--input "$BATCH_INPUT" --output "$BATCH_OUTPUT" --user "$SERVICE_USER")
+    [ -z "$ROOT" ] || args+=(--root "$ROOT")
+    "$RELEASE/deploy/systemd/install.sh" "${args[@]}" >/dev/null || fail "deploy/systemd/install.sh failed"
+}
+
 switch_current() {
     step "release: current -> releases/$APP_VERSION"
     # rename(2) over the old link: `current` is never missing, even for a moment.
@@ -319,10 +384,12 @@ install_release
 install_virtualenv
 install_models
 write_env_file
+write_role
 read_settings
 render_nginx
 install_units
 install_observability
+[ -z "$BATCH_INPUT" ] || install_batch_job
 [ "$CLOUD_AGENTS" -eq 0 ] || install_cloud_agents
 switch_current
 step "done: keras-serving $APP_VERSION, model $MODEL_NAME $MODEL_VERSION ($DEVICE)"

@@ -37,11 +37,15 @@ ok "gunicorn config and app import"
 if command -v systemd-analyze >/dev/null 2>&1; then
     # verify resolves ExecStart binaries and directives, but only warns (exit 0) on a value it cannot
     # parse, such as a misspelt signal: any output at all is a failure here.
-    if ! out="$(systemd-analyze verify "$units/keras-serving.service" "$units/keras-serving-gpu-check.service" 2>&1)" \
-        || [ -n "$out" ]; then
+    to_verify=("$units/keras-serving.service" "$units/keras-serving-worker.service" "$units/keras-serving-gpu-check.service")
+    # The nightly job's units, where provision.sh --batch-input or deploy/systemd/install.sh installed them.
+    for unit in keras-serving-predict-files.service keras-serving-predict-files.timer; do
+        [ ! -f "$units/$unit" ] || to_verify+=("$units/$unit")
+    done
+    if ! out="$(systemd-analyze verify "${to_verify[@]}" 2>&1)" || [ -n "$out" ]; then
         fail "systemd-analyze verify: $out"
     fi
-    ok "systemd units verify"
+    ok "systemd units verify (${#to_verify[@]} units)"
 fi
 
 if [ -n "$ROOT" ]; then

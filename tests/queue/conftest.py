@@ -4,7 +4,7 @@ import itertools
 import os
 import signal
 import subprocess
-import threading
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +14,7 @@ import redis
 from api.process import redis as local_redis
 from api.queue.broker import open_broker
 from api.settings import Settings
-from bench.harness import ProcessGroup, free_port, wait_until
+from bench.harness import ProcessGroup, free_port, listening, wait_until
 
 REGION = "us-east-1"
 _names = itertools.count()
@@ -62,38 +62,16 @@ def redis_server(tmp_path_factory):
     server.stop()
 
 
-def serialized_moto_server(port: int):
-    """moto's ThreadedMotoServer, one request at a time. Its SQS model is not thread-safe: concurrent
-    receives and deletes raise inside it ('Set changed size during iteration', 'list.remove(x): x not in
-    list') and answer 500, which real SQS never does for that reason. Long polls hold the lock for their
-    wait: the tests poll for a second at most."""
-    from moto.moto_server import threaded_moto_server
-    from moto.server import ThreadedMotoServer
-
-    dispatcher = threaded_moto_server.DomainDispatcherApplication
-    lock = threading.Lock()
-
-    class OneAtATime(dispatcher):
-        def __call__(self, environ, start_response):
-            with lock:
-                return list(super().__call__(environ, start_response))
-
-    threaded_moto_server.DomainDispatcherApplication = OneAtATime
-    try:
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-        server.start()
-    finally:
-        threaded_moto_server.DomainDispatcherApplication = dispatcher
-    return server
-
-
 @pytest.fixture(scope="session")
-def moto_server():
-    """moto's server in a thread of this process: SQS (visibility timeouts, redrive) and S3."""
+def moto_server(tmp_path_factory):
+    """moto's server (SQS with visibility timeouts and redrive, S3 with conditional writes) in a process of
+    its own (tests/queue/moto_serve.py): in this one it would share the GIL with the test's own threads."""
     os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                        "AWS_DEFAULT_REGION": REGION})
     port = free_port()
-    server = serialized_moto_server(port)
+    server = ProcessGroup([sys.executable, str(Path(__file__).with_name("moto_serve.py")), str(port)],
+                          tmp_path_factory.mktemp("moto") / "moto.log", name="moto server")
+    server.wait(lambda: listening(port), 60)
     yield f"http://127.0.0.1:{port}"
     server.stop()
 
@@ -111,7 +89,7 @@ def sqs_resources(endpoint: str, name: str, lease: float) -> dict:
     jobs = sqs.create_queue(QueueName=name, Attributes={
         "VisibilityTimeout": str(max(1, round(lease))),
         # A backstop only: the worker dead-letters at queue_max_deliveries itself (marking the job failed).
-        "RedrivePolicy": f'{{"deadLetterTargetArn": "{dead_arn}", "maxReceiveCount": "20"}}'})["QueueUrl"]
+        "RedrivePolicy": f'{{"deadLetterTargetArn": "{dead_arn}", "maxReceiveCount": "100"}}'})["QueueUrl"]
     aws_client("s3", endpoint).create_bucket(Bucket=name)
     return {"queue_sqs_url": jobs, "queue_sqs_dead_letter_url": dead, "queue_s3_bucket": name,
             "queue_aws_endpoint_url": endpoint}
