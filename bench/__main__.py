@@ -9,7 +9,9 @@ For each model (digits; ResNet50 with random weights, made locally):
      ratio to each;
   4. cold start to /ready and resident memory per worker;
 then, on digits, the batch job over a million rows (bench/batch.py): against the in-process limit, the
-stack's figures above, and its own peak memory on a file ten times smaller.
+stack's figures above, and its own peak memory on a file ten times smaller; and asynchronous jobs
+(bench/queue.py): jobs/s from a producer writing to Redis and through POST :submit, against the
+in-process limit, and job latency percentiles at a steady rate.
 One server runs at a time: on two cores, two servers measured at once measure nothing.
 """
 import argparse
@@ -21,7 +23,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from bench import batch, ray_peer, wrk
+from bench import batch, queue, ray_peer, wrk
 from bench.harness import ROOT, log, machine
 from bench.models import digits_body, digits_store, resnet_jpeg_body, resnet_json_body, resnet_store
 from bench.servers import OurStack, Peer, RayServe
@@ -191,9 +193,14 @@ def main(argv=None) -> int:
         batch_report = batch.bench(digits_store(args.store), work, 20_000 if args.quick else 1_000_000, args.quick,
                                    digits)
         output.append(batch.table(batch_report) + "\n")
+    queue_report = None
+    if "digits" in args.models.split(","):  # asynchronous jobs on digits (bench/queue.py, docs/async.md)
+        queue_report = queue.bench(digits_store(args.store), work, 2_000 if args.quick else 20_000, args.quick)
+        output.append(queue.table(queue_report) + "\n")
     print("\n".join(output))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": host, "reports": reports, "batch": batch_report}, indent=1))
+    args.out.write_text(json.dumps({"machine": host, "reports": reports, "batch": batch_report,
+                                    "queue": queue_report}, indent=1))
     log(f"figures written to {args.out}; logs in {work}")
     return 0
 

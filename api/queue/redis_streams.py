@@ -23,6 +23,7 @@ import hashlib
 import time
 from contextlib import contextmanager
 
+import orjson
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
@@ -45,26 +46,48 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 if ARGV[5] ~= '' then redis.call('XADD', KEYS[3], '*', 'message', ARGV[5]) end
 return ''
 """
-# Marks a job running unless it is terminal; creates the record of a job a producer wrote straight to
-# the stream (no record yet), with the TTL a submit would have given it.
+# One call per batch, not per job: with thousands of small jobs a second, the client's packing of
+# arguments and one reply per command cost more than the work (measured: 1,300 jobs/s per worker on
+# digits with a script call per job and per field). Each job's fields travel as one JSON argument.
+#
+# Marks each job running unless it is terminal; creates the record of a job a producer wrote straight
+# to the stream (no record yet), with the TTL a submit would have given it. Returns each job's state.
 _START = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'succeeded' or state == 'failed' or state == 'expired' then return state end
-redis.call('HSET', KEYS[1], 'state', 'running', unpack(ARGV, 2))
-redis.call('EXPIRE', KEYS[1], ARGV[1], 'NX')
-return 'running'
-"""
-_COMPLETE = """
-local state = redis.call('HGET', KEYS[1], 'state')
-local kept = 0
-if state ~= 'succeeded' and state ~= 'failed' and state ~= 'expired' then
-  redis.call('HSET', KEYS[1], unpack(ARGV, 4))
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-  kept = 1
+local states = {}
+for i = 1, #KEYS do
+  local state = redis.call('HGET', KEYS[i], 'state')
+  if state == 'succeeded' or state == 'failed' or state == 'expired' then
+    states[i] = state
+  else
+    local f = cjson.decode(ARGV[i + 1])
+    redis.call('HSET', KEYS[i], 'state', 'running', 'started', f.started, 'attempts', f.attempts, 'id', f.id,
+               'model', f.model, 'version', f.version, 'submitted', f.submitted, 'expires', f.expires)
+    redis.call('EXPIRE', KEYS[i], ARGV[1], 'NX')
+    states[i] = 'running'
+  end
 end
-if ARGV[2] ~= '' then
-  redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
-  redis.call('XDEL', KEYS[2], ARGV[2])
+return states
+"""
+# Each job: its record unless already terminal (the first answer stays), then XACK and XDEL of its
+# entry (none: a record alone). KEYS: the stream, then one record per job; ARGV: group, TTL, then per
+# job its fields (JSON, with the entry id as `handle`) and its answer. Returns 1 where the write was kept.
+_COMPLETE = """
+local kept = {}
+for i = 2, #KEYS do
+  local f = cjson.decode(ARGV[2 * i - 1])
+  local state = redis.call('HGET', KEYS[i], 'state')
+  kept[i - 1] = 0
+  if state ~= 'succeeded' and state ~= 'failed' and state ~= 'expired' then
+    redis.call('HSET', KEYS[i], 'state', f.state, 'status', f.status, 'answer', ARGV[2 * i], 'finished', f.finished,
+               'id', f.id, 'model', f.model, 'version', f.version, 'submitted', f.submitted, 'expires', f.expires,
+               'started', f.started, 'attempts', f.attempts)
+    redis.call('EXPIRE', KEYS[i], ARGV[2])
+    kept[i - 1] = 1
+  end
+  if f.handle ~= '' then
+    redis.call('XACK', KEYS[1], ARGV[1], f.handle)
+    redis.call('XDEL', KEYS[1], f.handle)
+  end
 end
 return kept
 """
@@ -141,10 +164,14 @@ class _Keys:
             self.group_ready = False
             raise
 
-    def finish_args(self, delivery: "Delivery | None", record: Record) -> dict:
-        fields = [item for pair in record.as_fields().items() for item in pair]
-        return {"keys": [self.record + record.id, self.stream],
-                "args": [GROUP, delivery.handle if delivery else "", self.result_ttl, *fields]}
+    def complete_args(self, finished: list[tuple["Delivery | None", Record]]) -> dict:
+        args = [GROUP, self.result_ttl]
+        for delivery, record in finished:
+            fields = record.as_fields()
+            answer = fields.pop("answer")
+            fields["handle"] = delivery.handle if delivery else ""
+            args += [orjson.dumps(fields), answer]
+        return {"keys": [self.stream, *(self.record + record.id for _, record in finished)], "args": args}
 
 
 class RedisStore(ResultStore):
@@ -179,12 +206,15 @@ class RedisStore(ResultStore):
 
     def mark_many(self, jobs: list[tuple[Job, int]], now: float) -> list[Record]:
         k = self.k
-        with k.reachable(), k.redis.pipeline(transaction=False) as pipe:
-            for job, attempts in jobs:
-                k.scripts["start"](keys=[k.record + job.id], client=pipe,
-                                   args=[k.keep, "started", repr(now), "attempts", attempts,
-                                         *_identity(Record.queued(job))])
-            states = pipe.execute()
+        if not jobs:
+            return []
+        args = [k.keep]
+        for job, attempts in jobs:
+            fields = Record.queued(job).as_fields()
+            args.append(orjson.dumps({"started": repr(now), "attempts": str(attempts),
+                                      **{name: fields[name] for name in ("id", "model", "version", "submitted", "expires")}}))
+        with k.reachable():
+            states = k.scripts["start"](keys=[k.record + job.id for job, _ in jobs], args=args)
         return [Record(job.id, job.model, job.version, _text(state), job.submitted, job.expires, now, 0.0, attempts)
                 for (job, attempts), state in zip(jobs, states)]
 
@@ -192,12 +222,11 @@ class RedisStore(ResultStore):
         return self.finish_many([(None, record)])[0]
 
     def finish_many(self, finished: list[tuple["Delivery | None", Record]]) -> list[bool]:
-        """Each record unless terminal, and with a delivery, its XACK and XDEL: one script per job, atomic."""
-        k = self.k
-        with k.reachable(), k.redis.pipeline(transaction=False) as pipe:
-            for delivery, record in finished:
-                k.scripts["complete"](client=pipe, **k.finish_args(delivery, record))
-            return [bool(kept) for kept in pipe.execute()]
+        """Each record unless terminal, and with a delivery, its XACK and XDEL: one atomic script call."""
+        if not finished:
+            return []
+        with self.k.reachable():
+            return [bool(kept) for kept in self.k.scripts["complete"](**self.k.complete_args(finished))]
 
 
 class RedisQueue(JobQueue):
@@ -303,11 +332,6 @@ class RedisBroker(Broker):
 
     def complete(self, finished: list[tuple[Delivery, Record]]) -> list[bool]:
         return self.store.finish_many(finished)
-
-
-def _identity(record: Record) -> list:
-    fields = record.as_fields()
-    return [item for name in ("id", "model", "version", "submitted", "expires") for item in (name, fields[name])]
 
 
 def _delivery(entry_id, fields: dict, times: int) -> Delivery:
