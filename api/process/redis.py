@@ -3,10 +3,10 @@
 `make serve-async` (api/process/async_stack.py) and the tests start it with `command(folder, port)`: the
 distribution's redis-server with a config of its own under `folder`, never the system's, on 127.0.0.1.
 """
-import shutil
-import sys
 from pathlib import Path
 from urllib.parse import urlparse
+
+from api.process.stack import system_binary
 
 # Why each line: an evicted job would vanish without a trace (rq#1955), so memory pressure must refuse
 # writes instead; the append-only file, synced on every write, keeps every acknowledged submit and
@@ -28,10 +28,7 @@ maxmemory-policy noeviction
 
 
 def binary() -> str:
-    found = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
-    if not found:
-        sys.exit("redis-server is not installed: run `make system-deps` (Debian: apt-get install redis-server)")
-    return found
+    return system_binary("redis-server", "/usr/bin/redis-server")
 
 
 def port_of(url: str) -> int:

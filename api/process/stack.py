@@ -67,11 +67,17 @@ def _prctl():
 PRCTL = _prctl()
 
 
-def nginx_binary() -> str:
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+def system_binary(name: str, debian_path: str) -> str:
+    """The distribution's `name` (on PATH, else at `debian_path`: /usr/sbin is not on every PATH); exits
+    saying how to install it when it is missing."""
+    found = shutil.which(name) or (debian_path if Path(debian_path).exists() else None)
     if not found:
-        sys.exit("nginx is not installed: run `make system-deps` (Debian: apt-get install nginx)")
+        sys.exit(f"{name} is not installed: run `make system-deps` (Debian: apt-get install {name})")
     return found
+
+
+def nginx_binary() -> str:
+    return system_binary("nginx", "/usr/sbin/nginx")
 
 
 # -- the run dir: what an earlier stack left --------------------------------------------------------------
