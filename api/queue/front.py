@@ -10,8 +10,6 @@ import re
 import time
 
 from api.errors import ApiError, InvalidInput, NotFound, Unavailable
-from api.protocols import tfserving
-from api.protocols.codecs import load_json, require_json
 from api.queue.broker import Broker, BrokerUnavailable, IdempotencyConflict, open_broker
 from api.queue.jobs import JOB_ID, TERMINAL, Job, issued_at
 from api.serving.dataplane import DataPlane
@@ -45,10 +43,7 @@ class JobFront:
         self._enabled()
         if idempotency_key is not None and not IDEMPOTENCY_KEY.match(idempotency_key):
             raise InvalidInput("Idempotency-Key must be 1 to 255 printable ASCII characters, no spaces")
-        served = self.plane.registry.get(name, version)
-        require_json(content_type)
-        document = load_json(body, self.settings.max_json_depth, tensors=True)
-        tfserving.parse_predict(document, body, served.signature, self.settings)
+        self.plane.tfserving_request(name, version, body, content_type)  # :predict's checks, now
         job = Job.create(name, version, body, self.settings.queue_job_ttl)
         try:
             job_id, _ = self._broker(name).submit(job, idempotency_key, hashlib.sha256(body).hexdigest())

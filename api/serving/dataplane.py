@@ -75,13 +75,20 @@ class DataPlane:
         """A TensorFlow Serving predict: the answer document (api/protocols/tfserving.py has its forms).
         Raises the ApiError the request ends in: 4xx for the request, 422 for non-finite outputs, 503
         and 504 from the batcher."""
-        served = self.registry.get(name, version)
-        require_json(content_type)
-        document = load_json(body, self.settings.max_json_depth, tensors=True)
-        request = tfserving.parse_predict(document, body, served.signature, self.settings)
+        served, request = self.tfserving_request(name, version, body, content_type)
         outputs = self._run(served, request.inputs, call)
         check_finite_outputs(outputs)
         return tfserving.predict_response(outputs, request, served.signature)
+
+    def tfserving_request(self, name: str, version: int | None, body: bytes, content_type: str | None
+                          ) -> tuple[ServedVersion, tfserving.PredictRequest]:
+        """The version a TensorFlow Serving predict names and its body checked against that version's
+        signature, as `tfserving_predict` and a job's submit (api/queue/front.py) both take it. Raises the
+        request's ApiError: 404 (model, version), 415 (content type), 400 and 413 (body)."""
+        served = self.registry.get(name, version)
+        require_json(content_type)
+        document = load_json(body, self.settings.max_json_depth, tensors=True)
+        return served, tfserving.parse_predict(document, body, served.signature, self.settings)
 
     def infer(self, name: str, version: int | None, body: bytes, content_type: str | None,
               header_length: str | None, call: Call | None = None) -> tuple[bytes, dict[str, str]]:
