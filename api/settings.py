@@ -126,6 +126,10 @@ class Settings(BaseSettings):
     worker_class: Literal["gevent", "gthread"] = "gevent"
     """gunicorn worker class. `gevent`: one event loop per worker parses requests while the model runs
     on a native thread (measured fastest, docs/performance.md); `gthread`: a thread per request."""
+    inference_lane: bool = True
+    """Answer the inference routes' common case (POST with a Content-Length, no Content-Encoding, no
+    Origin) as plain WSGI before Flask, with the same checks, answers, metrics and access line
+    (api/http/lane.py: a quarter of the app's CPU for a digits request); false: all through Flask-RESTful."""
     worker_connections: int = Field(1000, ge=1)
     """Connections one gevent worker serves at once; waiting requests queue in the batcher, which refuses
     the excess with 503 (max_enqueued_batches)."""

@@ -64,13 +64,14 @@ def init_app(app) -> None:
         metrics.observe(route, request.method, response.status_code, seconds)
         if not lines:
             lines.append(AccessLine())
-        lines[0].write(_access_fields(request, g, route, response.status_code, seconds))
+        lines[0].write(access_fields(request.headers.get("X-Request-ID", ""), request.method, route,
+                                     request.path, response.status_code, seconds, g.get("call")))
         return response
 
 
-def _access_fields(request, g, route: str, status: int, seconds: float) -> dict:
-    call = g.get("call")
-    return {"request_id": request.headers.get("X-Request-ID", ""), "method": request.method,
-            "route": route, "path": request.path, "status": status, "duration_ms": round(seconds * 1e3, 3),
-            "model": getattr(call, "model", None), "version": getattr(call, "version", None),
-            "instances": getattr(call, "instances", None)}
+def access_fields(request_id: str, method: str, route: str, path: str, status: int, seconds: float,
+                  call=None) -> dict:
+    """One access line's fields (docs/operations.md); `call` the data plane's Call, for an inference."""
+    return {"request_id": request_id, "method": method, "route": route, "path": path, "status": status,
+            "duration_ms": round(seconds * 1e3, 3), "model": getattr(call, "model", None),
+            "version": getattr(call, "version", None), "instances": getattr(call, "instances", None)}

@@ -8,7 +8,8 @@ from werkzeug.routing import BaseConverter
 
 from api.errors import ApiError
 from api.http import access, jobs
-from api.http.resources import ROUTES
+from api.http.lane import InferenceLane
+from api.http.resources import LANE_ROUTES, ROUTES
 from api.protocols.codecs import dump_json
 from api.serving.dataplane import DataPlane
 from api.serving.registry import ModelRegistry
@@ -86,6 +87,8 @@ def create_app(settings: Settings | None = None, registry=None) -> Flask:
     browsers.init_app(app, settings)
     if settings.demo_page:
         app.register_blueprint(page.blueprint)
+    if settings.inference_lane:
+        app.wsgi_app = InferenceLane(app, app.wsgi_app, LANE_ROUTES)
     return app
 
 

@@ -167,3 +167,7 @@ ROUTES = [
     (OpenAPI, ["/openapi.json"]),
     (Metrics, ["/metrics"]),
 ]
+
+# The inference routes whose common case api/http/lane.py answers before Flask (labels go to Flask).
+LANE_ROUTES = [(url, kind) for resource, kind in ((Predict, "tfserving"), (TFPredict, "tfserving"), (V2Infer, "v2"))
+               for url in dict(ROUTES)[resource] if "<label" not in url]
