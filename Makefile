@@ -11,10 +11,11 @@ PIP_VERSION := 26.3
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(BIN)/.runtime: requirements.txt pyproject.toml
+$(BIN)/.runtime: requirements.txt requirements-fast.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet pip==$(PIP_VERSION)
 	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet -r requirements-fast.txt 2>/dev/null || echo "gunicorn_h1c could not be built (no C compiler?): gunicorn keeps its pure-Python HTTP parser"
 	$(BIN)/pip install --quiet --no-deps -e .  # the api package and its console script, keras-serving
 	touch $@
 

@@ -74,7 +74,11 @@ class Peer(Server):
     def __init__(self, peers: Path, app: str, logs: Path, args: list[str], env: dict[str, str] | None = None):
         port = free_port()
         self.app = app
-        super().__init__([sys.executable, "-m", "gunicorn", *args, "-b", f"127.0.0.1:{port}", app],
+        # As ../shared/peers/run_real_peers.sh runs them, from a plain virtualenv: gunicorn's pure-Python
+        # HTTP parser. This venv also holds gunicorn_h1c (requirements-fast.txt), which gunicorn would
+        # otherwise pick for the peers too; docs/performance.md gives the ceiling with it as well.
+        super().__init__([sys.executable, "-m", "gunicorn", "--http-parser", "python", *args,
+                          "-b", f"127.0.0.1:{port}", app],
                          {"TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(peers), **(env or {})}, peers,
                          f"http://127.0.0.1:{port}/predict", logs / f"peer-{app.split(':')[0]}-{port}.log")
 

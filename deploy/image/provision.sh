@@ -132,7 +132,7 @@ install_release() {
     mkdir -p "$RELEASE"
     local item
     for item in api wsgi.py gunicorn.conf.py scripts nginx pyproject.toml README.md \
-        requirements.txt requirements-gpu.txt deploy/image deploy/systemd; do
+        requirements.txt requirements-gpu.txt requirements-fast.txt deploy/image deploy/systemd; do
         [ -e "$SOURCE/$item" ] || fail "the source $SOURCE has no $item"
         mkdir -p "$(dirname "$RELEASE/$item")"
         rm -rf "${RELEASE:?}/$item"
@@ -151,6 +151,8 @@ install_virtualenv() {
         "$VENV/bin/python" -c 'import sys, sysconfig; open(sysconfig.get_path("purelib") + "/_reused_site_packages.pth", "w").write(sys.argv[1] + "\n")' "$REUSE_SITE_PACKAGES"
     fi
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input -r "$RELEASE/$REQUIREMENTS"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-input -r "$RELEASE/requirements-fast.txt" \
+        2>/dev/null || step "gunicorn_h1c could not be built (no C compiler): gunicorn keeps its pure-Python parser"
     "$VENV/bin/python" -m pip check >/dev/null || fail "pip check found broken requirements in $VENV"
     # The release's own command, as `pip install .` would make it but without building the app: the
     # nightly job's unit runs .venv/bin/keras-serving, and operators use it on the instance.
