@@ -165,9 +165,11 @@ class Settings(BaseSettings):
     """Microseconds the inference thread waits for more requests once one is queued. 0: take what is
     queued at once (batches form while the previous call runs); raise it to trade latency for fuller
     batches when requests trickle in."""
-    inline_call_micros: int = Field(5000, ge=0)
+    inline_call_micros: int = Field(0, ge=0)
     """gevent workers: a model whose call at the largest warm-up batch takes at most this long runs on the
-    event loop itself; a slower one runs on a native thread while the loop goes on parsing requests."""
+    event loop itself; a slower one runs on a native thread while the loop goes on parsing requests.
+    0 (measured best since the inference lane, even for digits' 1 ms calls: docs/performance.md): always
+    the native thread."""
     max_enqueued_batches: int = Field(16, ge=1)
     """Batches' worth of instances that may wait per worker; a request beyond it gets 503 at once."""
     allowed_batch_sizes: tuple[int, ...] = ()
