@@ -20,7 +20,7 @@ import re
 import time
 from http import HTTPStatus
 
-from api.errors import ApiError, InvalidInput
+from api.errors import InvalidInput
 from api.http.access import AccessLine, RequestMetrics, access_fields
 from api.http.client import socket_closed
 from api.protocols.codecs import dump_json
