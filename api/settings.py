@@ -241,6 +241,10 @@ class Settings(BaseSettings):
     batch_cpu_share: float = Field(1.0, gt=0, le=1)
     """Share of the cores predict-files uses: it pins itself to that many of the cores it may run on and
     runs that many TensorFlow threads, leaving the rest to a serving stack beside it. Its flag: --cpu-share."""
+    batch_model_calls: int = Field(0, ge=0)
+    """Model calls predict-files keeps in flight at once, each with its share of the TensorFlow threads;
+    0 = 2 (1 on a single core): on 2 cores the compiled function alone did 19% more rows/s as two calls of
+    one thread than as one call of two (docs/batch.md). Its flag: --model-calls."""
     batch_progress_seconds: float = Field(10.0, gt=0)
     """Seconds between predict-files' progress lines when stderr is not a terminal (a terminal gets a bar)."""
 

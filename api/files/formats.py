@@ -43,14 +43,35 @@ class Formatter:
             answer = tfserving.predict_response(outputs, self.request, self.signature)
             predictions, ranked = answer["predictions"], answer.get("top_k")
             texts = _row_texts(predictions)
-            for j, position in enumerate(positions):
-                # Written piece by piece, the same bytes orjson writes for the whole record at once.
-                head = orjson.dumps(self.origin(block, position), default=_json_default)[:-1]
-                text = texts[j] if texts is not None else orjson.dumps(predictions[j], option=OPTIONS_NUMPY,
-                                                                        default=_json_default)
-                top = b',"top_k":' + orjson.dumps(ranked[j], option=OPTIONS_NUMPY) if ranked is not None else b""
-                out.append((position, head + b',"prediction":' + text + top + b"}\n"))
-        return [line for _, line in sorted(out)] if len(inferred.groups) > 1 else [line for _, line in out]
+            if texts is None:
+                texts = [orjson.dumps(value, option=OPTIONS_NUMPY, default=_json_default) for value in predictions]
+            # Written piece by piece, the same bytes orjson writes for the whole record at once.
+            heads = self._heads(block, positions)
+            if ranked is None:
+                lines = [head + b',"prediction":' + text + b"}\n" for head, text in zip(heads, texts)]
+            else:
+                lines = [head + b',"prediction":' + text + b',"top_k":' + orjson.dumps(top, option=OPTIONS_NUMPY)
+                         + b"}\n" for head, text, top in zip(heads, texts, ranked)]
+            out.append((positions, lines))
+        if len(out) == 1:
+            return out[0][1]
+        return [line for _, line in sorted((p, line) for positions, lines in out for p, line in zip(positions, lines))]
+
+    def _heads(self, block, positions) -> list[bytes]:
+        """Each row's `origin` as orjson writes it, less the closing brace: built from one prefix where the
+        record is only where the row came from, else written whole."""
+        rows = block.rows
+        if block.source.format in IMAGE_FORMATS and not self.keep:
+            return [b'{"file":' + orjson.dumps(rows[p]) for p in positions]
+        if self.keep:
+            return [orjson.dumps(self.origin(block, p), default=_json_default)[:-1] for p in positions]
+        if self.key_field:
+            keys = block.keys
+            return [b'{"key":' + orjson.dumps(keys[p], default=_json_default) for p in positions]
+        prefix = b'{"file":' + orjson.dumps(block.source.path) + b',"row":'
+        if all(type(rows[p]) is int for p in positions):  # noqa: E721 - line and row numbers
+            return [prefix + b"%d" % rows[p] for p in positions]
+        return [prefix + orjson.dumps(rows[p]) for p in positions]
 
     def errors(self, block, errors: dict[int, ApiError]) -> list[bytes]:
         """The errors.jsonl lines of a block's bad rows, in input order."""

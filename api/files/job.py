@@ -51,7 +51,11 @@ def parser(settings: Settings) -> argparse.ArgumentParser:
     p.add_argument("--cpu-share", type=float, metavar="F",
                    help=f"share of the cores to use, 0 to 1 (default: {settings.batch_cpu_share})")
     p.add_argument("--threads", type=int, default=0, metavar="N",
-                   help="TensorFlow intra-op threads (default: SERVE_INTRA_OP_THREADS, else the cores used)")
+                   help="TensorFlow intra-op threads per model call (default: SERVE_INTRA_OP_THREADS, else the "
+                        "cores used shared between the calls)")
+    p.add_argument("--model-calls", type=int, default=settings.batch_model_calls, metavar="N",
+                   help="model calls in flight at once (default: SERVE_BATCH_MODEL_CALLS, else 2, or 1 on a "
+                        "single core)")
     p.add_argument("--resume", action="store_true", help="go on with the run in DIR (or start one)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress, and a summary only when it fails")
     return p
@@ -83,8 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"predict-files: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.model_calls < 0 or args.threads < 0:
+        print("predict-files: --model-calls and --threads take a number of 0 or more", file=sys.stderr)
+        return EXIT_USAGE
     quiet_tensorflow(settings)
-    return run(options, settings, sources, settings.batch_cpu_share, args.threads or settings.intra_op_threads)
+    return run(options, settings, sources, settings.batch_cpu_share, args.threads or settings.intra_op_threads,
+               args.model_calls)
 
 
 def quiet_tensorflow(settings: Settings) -> None:

@@ -1,12 +1,18 @@
-"""The job: read and check -> infer -> write, three threads joined by small bounded queues.
+"""The job: read and check -> infer -> write, threads joined by small bounded queues.
 
-    reader thread  -- queue (batch_queue_batches blocks) -->  main thread: the compiled model
-                   -- queue (batch_queue_batches blocks) -->  writer thread: shards, errors, manifest
+    reader thread  -- block i to queue i % C -->  C model threads (the main thread and C - 1 more):
+                                                  the compiled model, one call each at a time
+                   -- queue i % C ------------->  writer thread: shards, errors, manifest
 
-Each stage holds one block at a time and each queue at most `batch_queue_batches`, so at most
-2 x batch_queue_batches + 3 blocks of `batch_size` rows are in memory whatever the input's size. The
-model's kernels release the GIL, so reading, checking and writing the neighbouring blocks overlap the
-model's call on the same cores.
+C (`calls`) calls of the model are in flight at once, each with its share of TensorFlow's intra-op
+threads: on a CPU, two single-threaded calls side by side get more from two cores than one call split
+over both (the split waits on its slower half, and the call's own Python and small ops leave cores idle;
+measured in docs/batch.md). Blocks are dealt to the model threads in turn and collected in the same
+turn, so the output order is the input order with no reordering. Each stage holds one block at a time
+and each queue at most max(1, batch_queue_batches // C), so at most 2 + C x (2 x max(1,
+batch_queue_batches // C) + 1) blocks of `batch_size` rows are in memory whatever the input's size (8
+for the defaults: two calls, queues of 2). The model's kernels release the GIL, so reading, checking and
+writing the neighbouring blocks overlap the model's calls.
 
 Blocks never straddle a shard (`batch_shard_rows` input rows, counted over all inputs in order) nor a
 file, so the rows of a shard, and hence the bytes of its file, depend only on the input: what makes a
@@ -37,6 +43,7 @@ from api.settings import Settings
 EXIT_OK, EXIT_ERROR_RATE, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
 AUTO_BATCH_ROWS = 512
+CALLS = 2  # model calls in flight at once, each with cores // CALLS intra-op threads (see model_calls)
 AUTO_BATCH_BYTES = 32 * 1024 * 1024
 _DONE = object()
 
@@ -72,8 +79,10 @@ class Job:
     """One run over `sources` with a loaded `runtime` (api/runtime.ModelRuntime); `run()` returns the exit
     status. `cpus`: the cores it may use (for the summary)."""
 
-    def __init__(self, options: Options, settings: Settings, sources: list[Source], runtime, cpus: list[int]):
+    def __init__(self, options: Options, settings: Settings, sources: list[Source], runtime, cpus: list[int],
+                 calls: int = 1):
         self.options, self.settings, self.sources, self.runtime, self.cpus = options, settings, sources, runtime, cpus
+        self.calls = max(1, calls)
         signature = runtime.signature
         self.layout = Layout(signature.inputs, options.key_field, options.keep, settings.max_body_bytes)
         try:
@@ -102,17 +111,26 @@ class Job:
 
     # -- the run ----------------------------------------------------------------------------------
     def run(self) -> int:
-        self.inbox, self.outbox = (queue.Queue(self.settings.batch_queue_batches) for _ in range(2))
+        size = queue_size(self.settings.batch_queue_batches, self.calls)
+        self.inboxes = [queue.Queue(size) for _ in range(self.calls)]
+        self.outboxes = [queue.Queue(size) for _ in range(self.calls)]
         display = Display(self.meter, Display.choose(self.options.quiet), self.settings.batch_progress_seconds)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in EXIT_SIGNAL}
         self.reader = threading.Thread(target=self._read, name="predict-files-read")
         self.writer = threading.Thread(target=self._write, name="predict-files-write")
+        self.models = [threading.main_thread(), *(threading.Thread(target=self._infer, args=(n,),
+                                                                   name=f"predict-files-model-{n}")
+                                                  for n in range(1, self.calls))]
         started = time.monotonic()
         try:
             display.start()
             self.reader.start()
             self.writer.start()
-            self._infer()
+            for thread in self.models[1:]:
+                thread.start()
+            self._infer(0)
+            for thread in self.models[1:]:
+                thread.join()
             self.writer.join()
             self.reader.join()
         finally:
@@ -131,14 +149,17 @@ class Job:
 
     # -- stages: each drains its inbox to the end, so a stage that fails never leaves another blocked --
     def _read(self) -> None:
+        sent = 0
         try:
             for block in self._blocks():
                 checked = checks.check(block, self.runtime.signature, self.settings, self.block_limits)
-                self._put(self.inbox, (block, checked), threading.main_thread())
+                self._put(self.inboxes[sent % self.calls], (block, checked), self.models[sent % self.calls])
+                sent += 1
         except BaseException as exc:  # noqa: BLE001 - a stage's failure stops the job and is reported
             self._fail(exc)
         finally:
-            self._put(self.inbox, _DONE, threading.main_thread())
+            for turn in range(sent, sent + self.calls):  # the writer's next turn meets the first of these
+                self._put(self.inboxes[turn % self.calls], _DONE, self.models[turn % self.calls])
 
     def _blocks(self):
         """Every block of every source, in order, from the first row after the finished shards."""
@@ -166,24 +187,27 @@ class Job:
             if self.halt.is_set() or (self.stopping and index % shard_rows == 0):
                 return
 
-    def _infer(self) -> None:
+    def _infer(self, n: int) -> None:
+        """Model thread `n`: every C-th block, in turn. A block it drops (the job is halting) still takes
+        its turn, as `None`, so the writer's round never waits on a block that will not come."""
         pad = self.batch if self.runtime.xla else 0
-        while (item := self._get(self.inbox, self.reader)) is not _DONE:
-            if self.halt.is_set():
-                continue
-            block, checked = item
-            try:
-                inferred = checks.infer(self.runtime, checked, pad)
-            except BaseException as exc:  # noqa: BLE001
-                self._fail(exc)
-                continue
-            self._put(self.outbox, (block, inferred), self.writer)
-        self._put(self.outbox, _DONE, self.writer)
+        inbox, outbox = self.inboxes[n], self.outboxes[n]
+        while (item := self._get(inbox, self.reader)) is not _DONE:
+            result = None
+            if not self.halt.is_set():
+                block, checked = item
+                try:
+                    result = (block, checks.infer(self.runtime, checked, pad))
+                except BaseException as exc:  # noqa: BLE001
+                    self._fail(exc)
+            self._put(outbox, result, self.writer)
+        self._put(outbox, _DONE, self.writer)
 
     def _write(self) -> None:
-        shard, counts = None, None
-        while (item := self._get(self.outbox, threading.main_thread())) is not _DONE:
-            if self.halt.is_set():
+        shard, counts, turn = None, None, 0
+        while (item := self._get(self.outboxes[turn % self.calls], self.models[turn % self.calls])) is not _DONE:
+            turn += 1
+            if item is None or self.halt.is_set():
                 continue
             try:
                 block, inferred = item
@@ -226,7 +250,7 @@ class Job:
     # -- queues ------------------------------------------------------------------------------------
     def _put(self, box: queue.Queue, item, consumer: threading.Thread) -> None:
         """Blocks while the queue is full, unless its consumer is gone (consumers drain to the end)."""
-        while consumer.is_alive():
+        while not _gone(consumer):
             try:
                 box.put(item, timeout=0.2)
                 return
@@ -238,7 +262,7 @@ class Job:
             try:
                 return box.get(timeout=0.2)
             except queue.Empty:
-                if not producer.is_alive() and box.empty():
+                if _gone(producer) and box.empty():
                     return _DONE
 
     # -- the end ----------------------------------------------------------------------------------
@@ -257,7 +281,7 @@ class Job:
                    "rows_per_s": round(self.rows_this_run / max(elapsed, 1e-9), 1), "elapsed_s": round(elapsed, 3),
                    "output": str(self.options.output), "exit": status, "model": self.runtime.signature.name,
                    "version": self.runtime.signature.version, "device": self.runtime.device,
-                   "batch_size": self.batch, "cpus": self.cpus}
+                   "batch_size": self.batch, "cpus": self.cpus, "model_calls": self.calls}
         self.output.finish(summary, complete=status == EXIT_OK)
         if status != EXIT_OK or not self.options.quiet:
             print(summary_line(summary), file=sys.stderr, flush=True)
@@ -284,6 +308,22 @@ class Job:
                 if all(schema.field(name).type == schemas[0].field(name).type for schema in schemas)}
 
 
+def queue_size(queue_batches: int, calls: int) -> int:
+    """Blocks each of the 2 x `calls` queues holds: the setting's share, at least one."""
+    return max(1, queue_batches // calls)
+
+
+def max_blocks_held(queue_batches: int, calls: int) -> int:
+    """The most blocks in memory at once: one in the reader, one in the writer, and per model thread
+    one being called plus its two queues' (docs/batch.md, "Memory")."""
+    return 2 + calls * (2 * queue_size(queue_batches, calls) + 1)
+
+
+def model_calls(cores: int) -> int:
+    """Calls of the model in flight (CALLS where there are that many cores; one on a single core)."""
+    return max(1, min(CALLS, cores))
+
+
 def auto_batch_size(signature) -> int:
     """AUTO_BATCH_ROWS, or fewer where that many rows' inputs would be over AUTO_BATCH_BYTES."""
     row_bytes = 0
@@ -306,25 +346,35 @@ def limit_cpus(share: float) -> list[int]:
     return cores[-count:]
 
 
+def _gone(thread: threading.Thread) -> bool:
+    """The thread ran and ended (one not started yet is still to come: the threads start one by one)."""
+    return thread.ident is not None and not thread.is_alive()
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.filename}: {exc.strerror or exc}"
     return f"{type(exc).__name__}: {exc}"
 
 
-def run(options: Options, settings: Settings, sources: list[Source], cpu_share: float = 1.0, threads: int = 0) -> int:
+def run(options: Options, settings: Settings, sources: list[Source], cpu_share: float = 1.0, threads: int = 0,
+        calls: int = 0) -> int:
     """Load the model and run the job; the exit status (EXIT_*). Failures to load are reported, not raised.
-    The cores are limited for the job's length only, so an in-process caller gets its own back."""
+    The cores are limited for the job's length only, so an in-process caller gets its own back.
+    `calls`: model calls in flight (0: model_calls); `threads`: TensorFlow intra-op threads (0: the cores
+    shared between the calls)."""
     original = os.sched_getaffinity(0)
     try:
         cpus = limit_cpus(cpu_share)
+        calls = calls or model_calls(len(cpus))
         try:
-            runtime = load_runtime(settings, options.model, options.version, threads or len(cpus))
+            runtime = load_runtime(settings, options.model, options.version, threads or max(1, len(cpus) // calls),
+                                   calls)
         except Exception as exc:  # noqa: BLE001 - StoreError, Keras's and TensorFlow's own: all end here
             print(f"predict-files failed: model {options.model!r} does not load: {exc}", file=sys.stderr)
             return EXIT_FAILED
         try:
-            job = Job(options, settings, sources, runtime, cpus)
+            job = Job(options, settings, sources, runtime, cpus, calls)
         except UsageError as exc:
             print(f"predict-files: {exc}", file=sys.stderr)
             return EXIT_USAGE
@@ -333,9 +383,10 @@ def run(options: Options, settings: Settings, sources: list[Source], cpu_share: 
         os.sched_setaffinity(0, original)
 
 
-def load_runtime(settings: Settings, name: str, version: str | None, threads: int):
+def load_runtime(settings: Settings, name: str, version: str | None, threads: int, calls: int = 1):
     """The compiled model, as a serving worker loads it (safe loader, one trace), with `threads`
-    TensorFlow intra-op threads. `version`: a number, a version label, or None for the newest."""
+    TensorFlow intra-op threads and at least `calls` inter-op threads, so that `calls` calls run side by
+    side. `version`: a number, a version label, or None for the newest."""
     from api.model.store import StoreError, list_versions, read_version, read_version_labels
     from api.runtime import ModelRuntime, configure_tensorflow  # TensorFlow: only once a job runs
 
@@ -352,6 +403,7 @@ def load_runtime(settings: Settings, name: str, version: str | None, threads: in
         if version not in labels:
             raise StoreError(f"no version labelled '{version}' (labels: {', '.join(sorted(labels)) or 'none'})")
         number = labels[version]
-    device = configure_tensorflow(Settings(**{**settings.model_dump(), "workers": 1, "intra_op_threads": threads}))
+    device = configure_tensorflow(Settings(**{**settings.model_dump(), "workers": 1, "intra_op_threads": threads,
+                                              "inter_op_threads": max(settings.inter_op_threads, calls)}))
     return ModelRuntime(read_version(store, name, number), device, xla=settings.xla,
                         mixed_precision=settings.mixed_precision)

@@ -152,3 +152,26 @@ def test_usage_errors_exit_2_before_any_model_loads(store, tmp_path, capsys):
     (tmp_path / "out" / "predictions-00000.jsonl").write_bytes(b"")
     assert job.main([str(tmp_path / "rows.jsonl"), "-o", str(tmp_path / "out"), "--store", str(store)]) == 2
     assert "holds predictions but no manifest.json" in capsys.readouterr().err
+
+
+def test_any_number_of_model_calls_writes_the_same_bytes(store, rows, tmp_path):
+    """Blocks dealt to the model threads in turn come back in turn: the shards, errors.jsonl and the
+    prediction lines (file + row, and the --key-field form) do not depend on how many calls are in flight."""
+    lines = [orjson.dumps(row) for row in rows[:500]]
+    lines[77] = b"[[1, 2], [3]]"
+    (tmp_path / "rows.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    keyed = [orjson.dumps({"id": f"r{i}", "image": row}) for i, row in enumerate(rows[:130])]
+    (tmp_path / "keyed.jsonl").write_bytes(b"\n".join(keyed) + b"\n")
+    outputs = {}
+    for calls in (1, 3):
+        for name, extra in (("rows", ("--shard-rows", 200)), ("keyed", ("--key-field", "id"))):
+            out = tmp_path / f"{name}-{calls}"
+            assert predict(store, tmp_path / f"{name}.jsonl", "-o", out, "--batch-size", 32, "--model-calls", calls,
+                           *extra) == 0
+            outputs[name, calls] = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.name != MANIFEST}
+            assert orjson.loads((out / MANIFEST).read_bytes())["summary"]["model_calls"] == calls
+    for name in ("rows", "keyed"):
+        assert outputs[name, 1] == outputs[name, 3]
+    assert len(outputs["rows", 1]) == 5 and outputs["rows", 1]["errors.jsonl"].count(b"\n") == 1
+    first = orjson.loads(outputs["keyed", 1]["predictions-00000.jsonl"].splitlines()[0])
+    assert list(first) == ["key", "prediction"] and first["key"] == "r0"
