@@ -313,12 +313,6 @@ def queue_size(queue_batches: int, calls: int) -> int:
     return max(1, queue_batches // calls)
 
 
-def max_blocks_held(queue_batches: int, calls: int) -> int:
-    """The most blocks in memory at once: one in the reader, one in the writer, and per model thread
-    one being called plus its two queues' (docs/batch.md, "Memory")."""
-    return 2 + calls * (2 * queue_size(queue_batches, calls) + 1)
-
-
 def model_calls(cores: int) -> int:
     """Calls of the model in flight (CALLS where there are that many cores; one on a single core)."""
     return max(1, min(CALLS, cores))

@@ -88,7 +88,7 @@ def create_app(settings: Settings | None = None, registry=None) -> Flask:
     if settings.demo_page:
         app.register_blueprint(page.blueprint)
     if settings.inference_lane:
-        app.wsgi_app = InferenceLane(app, app.wsgi_app, LANE_ROUTES)
+        app.wsgi_app = InferenceLane(app, app.wsgi_app, LANE_ROUTES, error_response)
     return app
 
 

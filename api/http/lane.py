@@ -2,8 +2,8 @@
 
 Flask and Flask-RESTful cost a digits request more than everything else the worker does for it: a
 request context, ~30 context-local lookups, URL binding, two `after_request` hooks, content negotiation
-and a werkzeug Response (measured in process, model call stubbed: ~460 us a request through the app,
-against ~215 us for the HTTP ceiling's whole Flask-RESTful resource; docs/performance.md). The lane
+and a werkzeug Response (measured in process, model call stubbed: 515 us a request through the app,
+117 us through the lane, 147 us for the HTTP ceiling's whole Flask-RESTful resource; docs/performance.md). The lane
 answers the requests that need none of it with the same data plane, the same error bodies
 (`api/http/app.error_response`), the same headers, the same metrics and the same access line:
 
@@ -23,6 +23,7 @@ from http import HTTPStatus
 from api.errors import InvalidInput
 from api.http.access import AccessLine, RequestMetrics, access_fields
 from api.http.client import socket_closed
+from api.http.resources import answered_by
 from api.protocols.codecs import dump_json
 
 JSON = "application/json"
@@ -44,15 +45,16 @@ class InferenceLane:
     """WSGI middleware: the inference routes' common case here, the rest to `flask_wsgi`.
 
     `routes`: (template, kind) with kind "tfserving" (the default model when the template names none)
-    or "v2"; `converters`: the app's url_map converters, by name.
+    or "v2", matched with the app's url_map converters; `error_response`: the app's (api/http/app.py),
+    exception -> (body, status, headers).
     """
 
-    def __init__(self, app, flask_wsgi, routes: list[tuple[str, str]]):
+    def __init__(self, app, flask_wsgi, routes: list[tuple[str, str]], error_response):
         self.flask_wsgi = flask_wsgi
+        self.error_response = error_response
         self.plane = app.extensions["dataplane"]
         self.limit = self.plane.settings.max_body_bytes
-        converters = {name: converter for name, converter in app.url_map.converters.items()}
-        self.routes = [(_pattern(template, converters), template, kind) for template, kind in routes]
+        self.routes = [(_pattern(template, app.url_map.converters), template, kind) for template, kind in routes]
         # browsers.py's answers vary by Origin once CORS is on; a request without one still says so
         self.vary = [("Vary", "Origin")] if self.plane.settings.cors_origins else []
         self.metrics = RequestMetrics()
@@ -89,12 +91,10 @@ class InferenceLane:
                 headers = list(headers.items())
             else:
                 data = dump_json(plane.tfserving_predict(model, version, body, environ.get("CONTENT_TYPE"), call))
-                headers = [("Content-Type", JSON), ("X-Model-Name", call.model),
-                           ("X-Model-Version", str(call.version))]
+                headers = [("Content-Type", JSON), *answered_by(call).items()]
             status = 200
         except Exception as exc:  # noqa: BLE001 - every error is answered as Flask's handlers answer it
-            from api.http.app import error_response
-            data, status, extra = error_response(exc)
+            data, status, extra = self.error_response(exc)
             headers = list(extra.items())
         headers += [("Content-Length", str(len(data))), ("X-Content-Type-Options", "nosniff"), *self.vary]
         start_response(_REASONS.get(status) or str(status), headers)
