@@ -103,6 +103,8 @@ class Batcher:
         self._cond = threading.Condition()
         self._leading = False
         self._seconds_per_instance = 0.0  # recent batches' call time per instance (moving average)
+        self._rejoin_until = 0.0  # monotonic s: the next batch may wait until then ...
+        self._rejoin_target = 0  # ... for this many instances (those just answered plus those waiting)
         self._room = threading.Condition()  # notified after each batch, for requests waiting for room
         self.stats = stats or BatchStats()  # api/metrics.py passes one that also exports them
 
@@ -168,6 +170,7 @@ class Batcher:
     def policy_dict(self) -> dict:
         p = self.policy
         return {"max_batch_size": p.max_batch_size, "batch_timeout_micros": round(p.batch_timeout * 1e6),
+                "batch_rejoin_fraction": p.rejoin_fraction,
                 "max_enqueued_batches": p.max_enqueued_batches, "allowed_batch_sizes": list(p.allowed_batch_sizes)}
 
     @property
@@ -232,6 +235,12 @@ class Batcher:
                     if left <= 0:
                         break
                     self._cond.wait(left)
+            target, self._rejoin_target = min(self._rejoin_target, policy.max_batch_size), 0
+            while self._queued < target:  # wait for the requests just answered (batch_rejoin_fraction)
+                left = self._rejoin_until - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
             tasks, rows = [], 0
             while self._queue and (not tasks or rows + self._queue[0].size <= policy.max_batch_size):
                 task = self._queue.popleft()
@@ -278,6 +287,11 @@ class Batcher:
                     self._run_batch([task])
             return
         seconds = time.perf_counter() - started
+        if self.policy.rejoin_fraction:
+            # Closed-loop clients send again on their answer: without this wait they keep arriving while
+            # the other half's batch runs, and batches alternate at half the size they could have.
+            self._rejoin_target = self._queued + size
+            self._rejoin_until = time.monotonic() + self.policy.rejoin_fraction * seconds
         per_instance = seconds / size
         self._seconds_per_instance = per_instance if not self._seconds_per_instance else \
             0.8 * self._seconds_per_instance + 0.2 * per_instance

@@ -135,6 +135,59 @@ def test_without_a_timeout_a_lone_request_does_not_wait():
     assert time.monotonic() - started < 0.1
 
 
+def closed_loop(batcher: Batcher, clients: int, rounds: int, think: float = 0.01) -> None:
+    """`clients` threads that each send their next request `think` s after their answer (as a load
+    generator or a synchronous caller does); the first starts alone, so the others queue behind it."""
+    def client(i: int) -> None:
+        for _ in range(rounds):
+            batcher.run(rows(1, i), later())
+            time.sleep(think)
+    with ThreadPoolExecutor(clients) as pool:
+        first = pool.submit(client, 0)
+        time.sleep(0.02)  # inside the first call: the others form a second group
+        for f in [first] + [pool.submit(client, i) for i in range(1, clients)]:
+            f.result()
+
+
+def test_without_rejoin_closed_loop_clients_split_into_alternating_batches():
+    model = FakeModel(seconds=0.1)
+    closed_loop(Batcher(model, BatchPolicy(max_batch_size=16)), clients=4, rounds=4)
+    assert max(model.calls) < 4, model.calls  # halves that never meet: what batch_rejoin_fraction mends
+
+
+def test_rejoin_waits_for_the_requests_just_answered_and_batches_fill():
+    model = FakeModel(seconds=0.1)
+    closed_loop(Batcher(model, BatchPolicy(max_batch_size=16, rejoin_fraction=0.3)), clients=4, rounds=4)
+    # the lone first call, then the first client waited for: every batch holds all four clients
+    assert model.calls == [1, 4, 4, 4, 3], model.calls
+
+
+def test_rejoin_never_delays_a_lone_client():
+    model = FakeModel(seconds=0.05)
+    batcher = Batcher(model, BatchPolicy(max_batch_size=16, rejoin_fraction=1.0))
+    started = time.monotonic()
+    for _ in range(4):
+        batcher.run(rows(1), later())
+    assert time.monotonic() - started < 4 * 0.05 + 0.1  # a wait would cost 0.05 s a request
+
+
+def test_rejoin_waits_at_most_its_fraction_of_the_call_for_clients_that_do_not_come_back():
+    model = FakeModel(seconds=0.1)
+    batcher = Batcher(model, BatchPolicy(max_batch_size=16, rejoin_fraction=0.5))
+    blocker = hold(model, batcher)  # answered, then never sends again
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(batcher.run, rows(1), later())
+        while batcher.queued < 1:
+            time.sleep(0.001)
+        model.gate.set()
+        started = time.monotonic()
+        waiting.result()
+    blocker.join()
+    # the second call starts after at most 0.5 x 0.1 s of waiting for the first's client, then takes 0.1 s
+    assert 0.13 < time.monotonic() - started < 0.3
+    assert model.calls == [1, 1]
+
+
 def test_a_full_queue_refuses_at_once_with_retry_after():
     model = FakeModel()
     batcher = Batcher(model, BatchPolicy(max_batch_size=4, max_enqueued_batches=2))

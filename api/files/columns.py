@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from api.errors import InvalidInput
+from api.files import numparse
 from api.files.sources import UsageError
 from api.model.signature import TensorInfo
 from api.protocols import fastjson
@@ -59,11 +60,30 @@ class Layout:
         instance = {name: v for name, v in value.items() if name not in carried}
         return instance, value.get(self.key_field), kept
 
-    def numeric_rows(self, text: bytes) -> np.ndarray | None:
+    @property
+    def compiled_numbers(self) -> bool:
+        """Whether numeric_rows with a row count can take numparse's one-pass parser: a single input of
+        floats whose instance shape is known, rows without carried fields."""
+        if len(self.inputs) != 1 or self.carries:
+            return False
+        info = next(iter(self.inputs.values()))
+        shape = info.instance_shape
+        return info.dtype in numparse.FLOATS and bool(shape) and None not in shape
+
+    def numeric_rows(self, text: bytes, rows: int = 0) -> np.ndarray | None:
         """A JSON array of rows as one array when every row is numbers of one shape (api/protocols/fastjson:
-        exactly what np.asarray would make of the parsed lists), else None."""
+        exactly what np.asarray would make of the parsed lists), else None.
+
+        With `rows` (their count) and a float input (compiled_numbers), a block of exactly the input's shape
+        is parsed in one pass straight into the input's dtype (api/files/numparse.py: bit for bit the cast
+        of fastjson's array); anything that parser does not take comes here the general way."""
         if len(self.inputs) != 1:
             return None
+        if rows and self.compiled_numbers:
+            info = next(iter(self.inputs.values()))
+            array = numparse.parse_rows(text, rows, info.instance_shape, info.dtype)
+            if array is not None:
+                return array
         array = fastjson.numeric_array(text)
         return array if array is not None and array.ndim >= 2 else None
 

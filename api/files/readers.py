@@ -82,7 +82,7 @@ class JsonLines:
             return None
         bulk = None
         if not self.layout.carries and all(type(line) is bytes and line.startswith(b"[") for line in lines):
-            bulk = self.layout.numeric_rows(b"[" + b",".join(lines) + b"]")
+            bulk = self.layout.numeric_rows(b"[" + b",".join(lines) + b"]", len(lines))
         split = [self._parse(line) for line in lines] if self.layout.carries else None
         keys = [s[1] for s in split] if split and self.layout.key_field else None
         kept = [s[2] for s in split] if split and self.layout.keep else None
