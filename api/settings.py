@@ -172,10 +172,10 @@ class Settings(BaseSettings):
     batches stop splitting into halves that alternate. It waits only while fewer instances are queued
     than the call just answered plus those already waiting, so a lone client or a full queue never
     waits, and the model idles at most that share of its time. 0 (the default): never wait. On this
-    2-core CPU it filled ResNet50's batches (4.0 instead of 2.4 at 4 connections, 15.5 instead of 9 at
-    16) for no req/s that the VM's noise let show, and cost digits about 5% at 32 and 64 connections at
-    0.5 (docs/performance.md, "Batches that rejoin"); for models whose batches cost far less per
-    instance than single calls (GPUs), try 0.1 to 0.3."""
+    2-core CPU it filled ResNet50's batches (4.0 instead of 2.3 at 4 connections, 13-15.5 instead of 9 at
+    16) but the wait cost what the fuller batches saved (a loss at 4 JSON connections), and at 0.5 it
+    cost digits about 5% at 32 and 64 connections (docs/performance.md, "Batches that rejoin"); for
+    models whose batches cost far less per instance than single calls (GPUs), try 0.1 to 0.3."""
     inline_call_micros: int = Field(0, ge=0)
     """gevent workers: a model whose call at the largest warm-up batch takes at most this long runs on the
     event loop itself; a slower one runs on a native thread while the loop goes on parsing requests.
