@@ -169,3 +169,29 @@ def test_a_short_body_is_a_400(apps):
     response = lane.test_client().post("/predict", data=environ_body[:-5], headers={**JSON, "Content-Length":
                                                                                     str(len(environ_body))})
     assert response.status_code == 400 and "error" in response.get_json()
+
+
+class _Reads(io.BytesIO):
+    """A request body that records the size of each read."""
+
+    def __init__(self, data: bytes):
+        super().__init__(data)
+        self.sizes: list[int] = []
+
+    def read(self, size=-1):
+        self.sizes.append(size)
+        return super().read(size)
+
+
+def test_a_body_answered_without_being_read_is_read_off_in_large_reads(apps):
+    """A 404 (or a 503 with no room for the model) is answered before the body is read; the lane reads
+    the body off the connection in 1 MiB reads rather than leave it to gunicorn's 1 KiB drain."""
+    from werkzeug.test import EnvironBuilder
+
+    body = orjson.dumps({"instances": [[[[0.5]] * 8] * 8] * 3000})  # 1.2 MB of JSON
+    environ = EnvironBuilder(path="/v1/models/nosuch:predict", method="POST", data=body, headers=JSON).get_environ()
+    environ["wsgi.input"] = stream = _Reads(body)
+    statuses = []
+    answer = b"".join(apps[0].wsgi_app(environ, lambda status, headers: statuses.append(status)))
+    assert statuses == ["404 Not Found"] and "nosuch" in orjson.loads(answer)["error"]
+    assert stream.tell() == len(body) and stream.sizes == [1 << 20, len(body) - (1 << 20)]
