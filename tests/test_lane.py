@@ -183,15 +183,17 @@ class _Reads(io.BytesIO):
         return super().read(size)
 
 
-def test_a_body_answered_without_being_read_is_read_off_in_large_reads(apps):
-    """A 404 (or a 503 with no room for the model) is answered before the body is read; the lane reads
+@pytest.mark.parametrize("headers", [JSON, {**JSON, "Origin": "https://elsewhere.example"}], ids=["lane", "flask"])
+def test_a_body_answered_without_being_read_is_read_off_in_large_reads(apps, headers):
+    """A 404 (or a 503 with no room for the model) is answered before the body is read; both paths read
     the body off the connection in 1 MiB reads rather than leave it to gunicorn's 1 KiB drain."""
     from werkzeug.test import EnvironBuilder
 
     body = orjson.dumps({"instances": [[[[0.5]] * 8] * 8] * 3000})  # 1.2 MB of JSON
-    environ = EnvironBuilder(path="/v1/models/nosuch:predict", method="POST", data=body, headers=JSON).get_environ()
+    environ = EnvironBuilder(path="/v1/models/nosuch:predict", method="POST", data=body,
+                             headers=headers).get_environ()
     environ["wsgi.input"] = stream = _Reads(body)
     statuses = []
     answer = b"".join(apps[0].wsgi_app(environ, lambda status, headers: statuses.append(status)))
-    assert statuses == ["404 Not Found"] and "nosuch" in orjson.loads(answer)["error"]
+    assert [s.lower() for s in statuses] == ["404 not found"] and "nosuch" in orjson.loads(answer)["error"]
     assert stream.tell() == len(body) and stream.sizes == [1 << 20, len(body) - (1 << 20)]

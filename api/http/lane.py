@@ -22,12 +22,11 @@ from http import HTTPStatus
 
 from api.errors import InvalidInput
 from api.http.access import AccessLine, RequestMetrics, access_fields
-from api.http.client import socket_closed
+from api.http.client import discard, socket_closed
 from api.http.resources import answered_by
 from api.protocols.codecs import dump_json
 
 JSON = "application/json"
-_DISCARD_STEP = 1 << 20  # bytes per read of a body the answer did not need
 _REASONS = {status.value: f"{status.value} {status.phrase}" for status in HTTPStatus}
 
 
@@ -111,23 +110,3 @@ class InferenceLane:
             self.lines.append(AccessLine())
         self.lines[0].write(access_fields(environ.get("HTTP_X_REQUEST_ID", ""), "POST", route,
                                           environ.get("PATH_INFO", ""), status, seconds, call))
-
-
-def discard(stream, length: int) -> None:
-    """Read off the `length` (bytes) of a request body that was answered without it (a 503 while the
-    model had no room, a 404 for an unknown model), in reads of up to 1 MiB.
-
-    Left to gunicorn, the body is drained 1 KiB a read before the connection serves its next request,
-    and each of those reads copies what its reader holds again: ResNet50 at 4x its peak connections,
-    whose clients send each refused 1.1 MB body again at once, spent about a third of the worker's
-    Python time there (py-spy, docs/performance.md). nginx has buffered the body whole, so this read does
-    not wait on the client. A read that fails leaves the rest to gunicorn, which then closes the connection.
-    """
-    try:
-        while length > 0:
-            chunk = stream.read(min(length, _DISCARD_STEP))
-            if not chunk:
-                return
-            length -= len(chunk)
-    except Exception:  # noqa: BLE001 - the answer is made; a connection gone is gunicorn's to close
-        return

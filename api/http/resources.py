@@ -2,8 +2,8 @@
 from flask import Response, current_app, g, request
 from flask_restful import Resource
 
-from api.errors import PayloadTooLarge
-from api.http.client import socket_closed
+from api.errors import ApiError, PayloadTooLarge
+from api.http.client import discard, socket_closed
 from api.protocols.codings import decode_body
 
 
@@ -40,9 +40,14 @@ class Inference(Resource):
 
     def dispatch_request(self, *args, **kwargs):
         data = plane()
-        g.call = data.admit(request.headers.get("X-Request-Start"),
-                            socket_closed(request.environ.get("gunicorn.socket")),
-                            kwargs.get("model", data.registry.name), kwargs.get("version"))
+        try:
+            g.call = data.admit(request.headers.get("X-Request-Start"),
+                                socket_closed(request.environ.get("gunicorn.socket")),
+                                kwargs.get("model", data.registry.name), kwargs.get("version"))
+        except ApiError:
+            if request.content_length:  # answered unread: read off in large reads (client.discard)
+                discard(request.environ["wsgi.input"], request.content_length)
+            raise
         return super().dispatch_request(*args, **kwargs)
 
 
