@@ -15,6 +15,7 @@ None otherwise; `instances(table)` gives them one by one, as Python values. The 
 falls back on the second, so both must mean the same: `bulk` only ever takes what `instances` would.
 """
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import orjson
@@ -60,7 +61,7 @@ class Layout:
         instance = {name: v for name, v in value.items() if name not in carried}
         return instance, value.get(self.key_field), kept
 
-    @property
+    @cached_property
     def compiled_numbers(self) -> bool:
         """Whether numeric_rows with a row count can take numparse's one-pass parser: a single input of
         floats whose instance shape is known, rows without carried fields."""

@@ -11,6 +11,14 @@ _POW10 = np.array([10.0 ** e for e in range(23)])  # 1e0 .. 1e22: each exact in 
 _LIMIT = 1 << 53  # mantissas below it are exact in a double
 
 
+@numba.njit(cache=True, nogil=True, boundscheck=False, inline="always")
+def _skip_space(buf, i, n):
+    """The first index from `i` that is not JSON whitespace (space, tab, line feed, carriage return)."""
+    while i < n and (buf[i] == 32 or buf[i] == 10 or buf[i] == 13 or buf[i] == 9):
+        i += 1
+    return i
+
+
 @numba.njit(cache=True, nogil=True, boundscheck=False)
 def parse_block(buf, shape, out):
     """The count of numbers written into `out` (flat) when `buf` is exactly an array of `shape`, else -1."""
@@ -20,8 +28,7 @@ def parse_block(buf, shape, out):
     depth = 0  # arrays open
     k = 0  # numbers written
     i = 0
-    while i < n and (buf[i] == 32 or buf[i] == 10 or buf[i] == 13 or buf[i] == 9):
-        i += 1
+    i = _skip_space(buf, i, n)
     while True:
         # A value at `depth`: an array below the innermost level, a number at it.
         if depth < ndim:
@@ -30,8 +37,7 @@ def parse_block(buf, shape, out):
             counts[depth] = 0
             depth += 1
             i += 1
-            while i < n and (buf[i] == 32 or buf[i] == 10 or buf[i] == 13 or buf[i] == 9):
-                i += 1
+            i = _skip_space(buf, i, n)
             continue
         if i >= n:
             return -1
@@ -99,8 +105,7 @@ def parse_block(buf, shape, out):
         k += 1
         # After a value: ',' then the next value at this depth, or ']' closing arrays.
         while True:
-            while i < n and (buf[i] == 32 or buf[i] == 10 or buf[i] == 13 or buf[i] == 9):
-                i += 1
+            i = _skip_space(buf, i, n)
             if i >= n:
                 return -1
             c = buf[i]
@@ -109,8 +114,7 @@ def parse_block(buf, shape, out):
                 counts[depth - 1] += 1
                 if counts[depth - 1] >= shape[depth - 1]:
                     return -1
-                while i < n and (buf[i] == 32 or buf[i] == 10 or buf[i] == 13 or buf[i] == 9):
-                    i += 1
+                i = _skip_space(buf, i, n)
                 break
             if c != 93:  # ]
                 return -1
@@ -118,6 +122,5 @@ def parse_block(buf, shape, out):
                 return -1
             depth -= 1
             if depth == 0:
-                while i < n and (buf[i] == 32 or buf[i] == 10 or buf[i] == 13 or buf[i] == 9):
-                    i += 1
+                i = _skip_space(buf, i, n)
                 return k if i == n else -1

@@ -92,12 +92,13 @@ class Job:
             raise UsageError(f"--top-k: {exc.message}") from None
         self.batch = options.batch_size or auto_batch_size(signature)
         # JSON Lines numbers: numparse's compiled parser loaded (numba's import, its cache) beside the warm-up
-        parser = threading.Thread(target=numparse.available, name="predict-files-numparse", daemon=True)
+        loading = None
         if self.layout.compiled_numbers and any(source.format == "jsonl" for source in sources):
-            parser.start()
+            loading = threading.Thread(target=numparse.available, name="predict-files-numparse", daemon=True)
+            loading.start()
         runtime.warm_up((self.batch,))  # the first call's allocations are not the job's rate (as serving warms)
-        if parser.ident is not None:
-            parser.join()
+        if loading is not None:
+            loading.join()
         self.block_limits = settings.model_copy(update={
             "max_instances": max(settings.max_instances, self.batch),
             "max_tensor_elements": settings.max_tensor_elements * self.batch})
