@@ -153,7 +153,7 @@ def table(report: dict) -> str:
     lines = [f"## {report['model']}",
              f"in-process limit: {limit:,.0f} images/s (batch {report['inprocess']['best_batch']}); "
              f"batch 1: {report['inprocess']['images_per_s'].get('1', 0):,.0f} images/s",
-             *(["the same limit read again beside our runs: "
+             *(["the same limit read beside our runs (the first reading is the one before run A): "
                 + ", ".join(f"{k} {v:,.1f}" for k, v in report["limit_readings"].items())
                 + "; each run of ours is judged against the higher reading beside it (\"of limit\")"]
                if report.get("limit_readings") else []),
