@@ -57,9 +57,12 @@ class Load(Background):
         self._lock = threading.Lock()
 
     def _run(self) -> None:
-        session = requests.Session()
-        if self.source_address:
-            session.mount("http://", _FromAddress(self.source_address))
+        with requests.Session() as session:
+            if self.source_address:
+                session.mount("http://", _FromAddress(self.source_address))
+            self._send_until_stopped(session)
+
+    def _send_until_stopped(self, session: requests.Session) -> None:
         while not self._stop.is_set():
             if not self.routing.wait(0.05):
                 continue

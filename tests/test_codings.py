@@ -107,11 +107,11 @@ def test_a_large_answer_is_gzipped_for_a_client_that_accepts_it(stack):
 
 @pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
 def test_tritonclient_with_compression_both_ways(stack, digits, algorithm):
-    client = triton.InferenceServerClient(stack.url.removeprefix("http://"))
     batch = digits[0][:32].astype(np.float32)
     tensor = triton.InferInput("image", list(batch.shape), "FP32")
     tensor.set_data_from_numpy(batch, binary_data=False)  # JSON data: worth compressing
-    plain = client.infer("digits", [tensor]).as_numpy("probabilities")
-    compressed = client.infer("digits", [tensor], request_compression_algorithm=algorithm,
-                              response_compression_algorithm="gzip").as_numpy("probabilities")
+    with triton.InferenceServerClient(stack.url.removeprefix("http://")) as client:
+        plain = client.infer("digits", [tensor]).as_numpy("probabilities")
+        compressed = client.infer("digits", [tensor], request_compression_algorithm=algorithm,
+                                  response_compression_algorithm="gzip").as_numpy("probabilities")
     assert compressed.shape == (32, 10) and np.array_equal(compressed, plain)

@@ -469,12 +469,13 @@ def test_a_real_worker_serves_both_protocols_with_two_inputs(models, tmp_path_fa
             "instances": [{"a": ra.tolist(), "b": rb.tolist()} for ra, rb in zip(a, b)]})
         assert rows.status_code == 200, rows.text
         assert np.allclose(rows.json()["predictions"], expected, atol=1e-6)
-        client = triton.InferenceServerClient(gunicorn.url.removeprefix("http://"))
-        tensors = [triton.InferInput("a", list(a.shape), "FP32"), triton.InferInput("b", list(b.shape), "FP32")]
-        tensors[0].set_data_from_numpy(a, binary_data=True)
-        tensors[1].set_data_from_numpy(b, binary_data=False)
-        result = client.infer("pair", tensors)
-        assert np.allclose(result.as_numpy("probabilities"), expected, atol=1e-6)
-        assert [t["name"] for t in client.get_model_metadata("pair")["inputs"]] == ["a", "b"]
+        with triton.InferenceServerClient(gunicorn.url.removeprefix("http://")) as client:
+            tensors = [triton.InferInput("a", list(a.shape), "FP32"),
+                       triton.InferInput("b", list(b.shape), "FP32")]
+            tensors[0].set_data_from_numpy(a, binary_data=True)
+            tensors[1].set_data_from_numpy(b, binary_data=False)
+            result = client.infer("pair", tensors)
+            assert np.allclose(result.as_numpy("probabilities"), expected, atol=1e-6)
+            assert [t["name"] for t in client.get_model_metadata("pair")["inputs"]] == ["a", "b"]
     finally:
         gunicorn.stop()

@@ -631,25 +631,26 @@ def test_tritonclient_sends_and_reads_bytes_as_object_arrays(models, tmp_path_fa
         texts = strings(["red cat", "caf\u00e9 dog", b"\xff bird", ""])
         weights = np.asarray(WEIGHTS, np.float32)
         expected = own(built["tagger"], {"text": texts, "weight": weights})
-        client = triton.InferenceServerClient(gunicorn.url.removeprefix("http://"))
-        assert [(t["name"], t["datatype"]) for t in client.get_model_metadata("tagger")["inputs"]] == [
-            ("text", "BYTES"), ("weight", "FP32")]
-        for binary in (True, False):
-            if not binary:  # JSON cannot carry b"\xff bird": the JSON leg sends UTF-8 strings only
-                texts[2] = b"blue bird"
-                expected = own(built["tagger"], {"text": texts, "weight": weights})
-            text = triton.InferInput("text", [4], "BYTES")
-            text.set_data_from_numpy(texts, binary_data=binary)
-            weight = triton.InferInput("weight", [4, 1], "FP32")
-            weight.set_data_from_numpy(weights, binary_data=binary)
-            wanted = [triton.InferRequestedOutput(name, binary_data=binary) for name in ("label", "echo", "probs")]
-            result = client.infer("tagger", [text, weight], outputs=wanted)
-            # binary BYTES come back as bytes; JSON ones as the str tritonclient makes of each string
-            as_bytes = [v if isinstance(v, bytes) else v.encode() for v in result.as_numpy("echo").tolist()]
-            assert as_bytes == texts.tolist()
-            labels = [v if isinstance(v, bytes) else v.encode() for v in result.as_numpy("label").tolist()]
-            assert labels == expected["label"].tolist()
-            assert np.allclose(result.as_numpy("probs"), expected["probs"], atol=1e-6)
+        with triton.InferenceServerClient(gunicorn.url.removeprefix("http://")) as client:
+            assert [(t["name"], t["datatype"]) for t in client.get_model_metadata("tagger")["inputs"]] == [
+                ("text", "BYTES"), ("weight", "FP32")]
+            for binary in (True, False):
+                if not binary:  # JSON cannot carry b"\xff bird": the JSON leg sends UTF-8 strings only
+                    texts[2] = b"blue bird"
+                    expected = own(built["tagger"], {"text": texts, "weight": weights})
+                text = triton.InferInput("text", [4], "BYTES")
+                text.set_data_from_numpy(texts, binary_data=binary)
+                weight = triton.InferInput("weight", [4, 1], "FP32")
+                weight.set_data_from_numpy(weights, binary_data=binary)
+                wanted = [triton.InferRequestedOutput(name, binary_data=binary)
+                          for name in ("label", "echo", "probs")]
+                result = client.infer("tagger", [text, weight], outputs=wanted)
+                # binary BYTES come back as bytes; JSON ones as the str tritonclient makes of each string
+                def as_bytes(name):
+                    return [v if isinstance(v, bytes) else v.encode() for v in result.as_numpy(name).tolist()]
+                assert as_bytes("echo") == texts.tolist()
+                assert as_bytes("label") == expected["label"].tolist()
+                assert np.allclose(result.as_numpy("probs"), expected["probs"], atol=1e-6)
         rows = requests.post(gunicorn.url + "/v1/models/tagger:predict", timeout=30, json={
             "instances": [{"text": {"b64": b64(b"\xff bird")}, "weight": [1.0]}]})
         assert rows.status_code == 200, rows.text

@@ -8,7 +8,8 @@ from tritonclient.utils import InferenceServerException
 
 @pytest.fixture(scope="module")
 def client(server):
-    return triton.InferenceServerClient(server.url.removeprefix("http://"))
+    with triton.InferenceServerClient(server.url.removeprefix("http://")) as client:
+        yield client
 
 
 def test_health_and_server_metadata(client):

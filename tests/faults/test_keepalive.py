@@ -41,16 +41,16 @@ def gaps(*timeouts: float) -> list[float]:
 
 def reuse_after(url: str, body: dict, gap: float, outcomes: Counter, lock: threading.Lock, times: int = 2) -> None:
     """One client on one keep-alive connection: a request, `gap` seconds idle, another, ... ."""
-    session = requests.Session()
-    for attempt in range(times + 1):
-        if attempt:
-            time.sleep(gap)
-        try:
-            outcome = session.post(url, json=body, timeout=10).status_code
-        except requests.RequestException as exc:
-            outcome = type(exc).__name__
-        with lock:
-            outcomes[outcome] += 1
+    with requests.Session() as session:
+        for attempt in range(times + 1):
+            if attempt:
+                time.sleep(gap)
+            try:
+                outcome = session.post(url, json=body, timeout=10).status_code
+            except requests.RequestException as exc:
+                outcome = type(exc).__name__
+            with lock:
+                outcomes[outcome] += 1
 
 
 def nginx_upstream_errors(log: str) -> list[str]:
