@@ -1,4 +1,5 @@
 """gunicorn process model: one model per worker, loaded after the fork, warm before it takes traffic."""
+import http.client
 import os
 import re
 import signal
@@ -138,3 +139,30 @@ def test_answers_without_a_body_still_arrive_whole(server):
         answer = requests.request(method, server.url + "/v2", timeout=3)
         assert answer.status_code == 200
     assert requests.options(server.url + "/predict", timeout=3).headers["Allow"]
+
+
+def test_a_graceful_stop_closes_connections_idle_between_requests_at_once(store, tmp_path):
+    """Three keep-alive connections that asked once and then sit idle, as nginx's upstream connections
+    do: at SIGTERM the worker closes them (an orderly close, not a reset) and exits in about a second.
+    gunicorn alone waits for them until its graceful time-out (30 s here; gunicorn#3227)."""
+    gunicorn = Gunicorn(tmp_path, model_store=store, workers=1, model_versions="latest")
+    connections = []
+    try:
+        gunicorn.wait_ready()
+        for _ in range(3):
+            connection = http.client.HTTPConnection("127.0.0.1", gunicorn.port, timeout=20)
+            connections.append(connection)
+            connection.request("GET", "/ready")
+            answer = connection.getresponse()
+            assert answer.status == 200 and answer.read() and not answer.will_close
+        stopped_at = time.monotonic()
+        gunicorn.process.send_signal(signal.SIGTERM)
+        assert gunicorn.process.wait(25) == 0
+        took = time.monotonic() - stopped_at
+        assert all(connection.sock.recv(1) == b"" for connection in connections)  # a reset would raise
+    finally:
+        for connection in connections:
+            connection.close()
+        gunicorn.stop()
+    assert took < 5, f"the stop took {took:.1f} s: it waited for the idle connections"
+    assert "closed 3 connection(s) idle between requests" in gunicorn.log()

@@ -28,6 +28,15 @@ def socket_closed(sock: socket.socket | None) -> Callable[[], bool] | None:
     return gone
 
 
+def readable_now(sock: socket.socket) -> bool:
+    """Bytes, or the peer's close, wait on `sock`: a look that never blocks nor yields to gevent's loop.
+    A socket closed meanwhile counts as readable: the read that follows says what happened."""
+    try:
+        return bool(_unpatched_select()([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
+
+
 @functools.cache
 def _unpatched_select():
     """The system's select: gevent's would yield to the loop even with a zero timeout. Looked up once
