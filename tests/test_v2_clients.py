@@ -81,13 +81,14 @@ def test_a_parameter_of_an_extension_we_do_not_implement_is_refused_naming_it(cl
 
 
 @pytest.fixture(scope="module")
-def client(server):
+def triton_client(server):
     with triton.InferenceServerClient(server.url.removeprefix("http://")) as client:
         yield client
 
 
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
-def test_tritonclient_class_count_through_a_real_server(client, digits, binary):
+def test_tritonclient_class_count_through_a_real_server(triton_client, digits, binary):
+    client = triton_client
     x = digits[0][:5].astype(np.float32)
     tensor = triton.InferInput("image", list(x.shape), "FP32")
     tensor.set_data_from_numpy(x)
@@ -102,7 +103,8 @@ def test_tritonclient_class_count_through_a_real_server(client, digits, binary):
         assert [label for _, _, label in items] == [WORDS[i] for i in best]
 
 
-def test_tritonclient_sees_an_unimplemented_extension_refused(client, digits):
+def test_tritonclient_sees_an_unimplemented_extension_refused(triton_client, digits):
+    client = triton_client
     tensor = triton.InferInput("image", [1, 8, 8, 1], "FP32")
     tensor.set_data_from_numpy(digits[0][:1].astype(np.float32))
     with pytest.raises(InferenceServerException, match="sequence extension"):

@@ -1,10 +1,10 @@
 """The client side of a request, as the app sees it: whether its client is still there (nginx closes its
 upstream connection when its own client aborts, and a request nobody waits for should not cost an
 inference: api.batching drops it), and reading off a body that was answered without being read."""
-import functools
-import select
 import socket
 from typing import Callable
+
+from api.process.sockets import unpatched_select
 
 
 def socket_closed(sock: socket.socket | None) -> Callable[[], bool] | None:
@@ -14,7 +14,7 @@ def socket_closed(sock: socket.socket | None) -> Callable[[], bool] | None:
     """
     if sock is None:
         return None
-    poll = _unpatched_select()
+    poll = unpatched_select()
 
     def gone() -> bool:
         try:
@@ -26,26 +26,6 @@ def socket_closed(sock: socket.socket | None) -> Callable[[], bool] | None:
             return True
 
     return gone
-
-
-def readable_now(sock: socket.socket) -> bool:
-    """Bytes, or the peer's close, wait on `sock`: a look that never blocks nor yields to gevent's loop.
-    A socket closed meanwhile counts as readable: the read that follows says what happened."""
-    try:
-        return bool(_unpatched_select()([sock], [], [], 0)[0])
-    except (OSError, ValueError):
-        return True
-
-
-@functools.cache
-def _unpatched_select():
-    """The system's select: gevent's would yield to the loop even with a zero timeout. Looked up once
-    (after the worker's monkey-patching), not on every request."""
-    try:
-        from gevent import monkey
-    except ImportError:
-        return select.select
-    return monkey.get_original("select", "select")
 
 
 _DISCARD_STEP = 1 << 20  # bytes per read of a body the answer did not need

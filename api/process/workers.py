@@ -16,7 +16,7 @@ from gunicorn.http import parser as http_parser
 from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers import ggevent
 
-from api.http.client import readable_now
+from api.process.sockets import readable_now
 
 OWN_SOCKETS: set[int] = set()
 """File descriptors of sockets that only this worker accepts from."""
