@@ -290,8 +290,9 @@ class Batcher:
         if self.policy.rejoin_fraction:
             # Closed-loop clients send again on their answer: without this wait they keep arriving while
             # the other half's batch runs, and batches alternate at half the size they could have.
-            self._rejoin_target = self._queued + size
-            self._rejoin_until = time.monotonic() + self.policy.rejoin_fraction * seconds
+            with self._cond:  # _queued moves under it as requests arrive
+                self._rejoin_target = self._queued + size
+                self._rejoin_until = time.monotonic() + self.policy.rejoin_fraction * seconds
         per_instance = seconds / size
         self._seconds_per_instance = per_instance if not self._seconds_per_instance else \
             0.8 * self._seconds_per_instance + 0.2 * per_instance

@@ -5,6 +5,7 @@ import sys
 import time
 
 import requests
+from redis import Redis
 
 from bench.harness import ProcessGroup, descendants, free_port, wait_until
 from tests.servers import Stack, _env
@@ -20,6 +21,7 @@ class AsyncStack(Stack):
         env = _env(settings, SERVE_PORT=str(self.port), SERVE_STATUS_PORT=str(self.status_port),
                    SERVE_RUN_DIR=str(self.run_dir), SERVE_QUEUE_BACKEND="redis",
                    SERVE_QUEUE_REDIS_URL=f"redis://127.0.0.1:{redis_port}/0")
+        self.redis_url = f"redis://127.0.0.1:{redis_port}/0"
         env.pop("SERVE_BIND", None)
         ProcessGroup.__init__(self, [sys.executable, "-m", "api.cli", "serve-async", "--access-log",
                                      str(self.access_log)], tmp / f"async-{self.port}.log", env, name="serve-async")
@@ -28,8 +30,10 @@ class AsyncStack(Stack):
 def test_serve_async_answers_a_job_through_nginx_and_stops_as_one(store, tmp_path, digits):
     stack = AsyncStack(tmp_path, model_store=store, workers=1, queue_workers=1, warmup_batches="[1]",
                        queue_poll_seconds=0.5)
+    redis = None
     try:
         stack.wait_ready(workers=1, timeout=120)
+        redis = Redis.from_url(stack.redis_url)
         x, _ = digits
         body = {"instances": x[:2].tolist()}
         deadline = time.monotonic() + 120
@@ -49,9 +53,20 @@ def test_serve_async_answers_a_job_through_nginx_and_stops_as_one(store, tmp_pat
         assert 'keras_serving_jobs_total{model="digits",outcome="succeeded"} 1.0' in metrics
         assert "keras_serving_job_latency_seconds_count" in metrics
         assert 'keras_serving_requests_total' in metrics  # gunicorn's own, in the same scrape
+        # nginx gave the keyless submit its request id as Idempotency-Key, so a retry of it by nginx finds
+        # that job; a client's own key passes through: the same key twice is one job
+        assert len(list(redis.scan_iter(match="*:idem:*"))) == 1
+        keyed = [requests.post(stack.url + "/v1/models/digits:submit", json=body, timeout=10,
+                               headers={"Idempotency-Key": "nightly-7"}) for _ in range(2)]
+        assert [k.status_code for k in keyed] == [202, 202]
+        assert keyed[0].headers["Location"] == keyed[1].headers["Location"]
+        assert keyed[0].headers["Location"] != submitted.headers["Location"]
+        assert len(list(redis.scan_iter(match="*:idem:*"))) == 2
         children = set(descendants(stack.pid))
         assert any("redis-server" in _cmdline(pid) for pid in children)
     finally:
+        if redis is not None:
+            redis.close()
         stack.stop()
     assert stack.process.returncode == 0, stack.log()[-3000:]
     assert not [pid for pid in children if _cmdline(pid)], "a process of the stack outlived it"
