@@ -155,7 +155,15 @@ def close_idle_connections() -> int:
     those blocked waiting now. Returns how many of those (for the log)."""
     global _STOPPING
     _STOPPING = True
-    idle = [awaiting.greenlet for awaiting in list(_AWAITING.values()) if awaiting.idle]
-    for greenlet in idle:
-        gevent.kill(greenlet, _Stopping)  # raised where it waits, at its next turn: never blocks here
+    idle = [awaiting for awaiting in list(_AWAITING.values()) if awaiting.idle]
+    loop = gevent.get_hub().loop
+    for awaiting in idle:
+        loop.run_callback(_end_if_still_idle, awaiting)
     return len(idle)
+
+
+def _end_if_still_idle(awaiting: _Awaiting) -> None:
+    """Run by the event loop: a connection whose request began meanwhile (its read returned) is left to
+    finish it; gevent.kill would throw into it wherever it waits next, mid-request included."""
+    if awaiting.idle and not awaiting.greenlet.dead:
+        awaiting.greenlet.throw(_Stopping())
