@@ -127,6 +127,15 @@ class Http:
         return self.request("POST", path, **kw)
 
 
+@pytest.fixture(scope="module")
+def triton_client(server):
+    """Triton's own KServe v2 client (tritonclient[http]) on `server`, closed after the module."""
+    import tritonclient.http as triton
+
+    with triton.InferenceServerClient(server.url.removeprefix("http://")) as client:
+        yield client
+
+
 @pytest.fixture(params=["nginx", "gunicorn", "flask"])
 def http(request):
     """Each test using this runs three times: through nginx + gunicorn, gunicorn alone, and in-process."""

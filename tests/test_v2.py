@@ -6,22 +6,16 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 
-@pytest.fixture(scope="module")
-def client(server):
-    with triton.InferenceServerClient(server.url.removeprefix("http://")) as client:
-        yield client
+def test_health_and_server_metadata(triton_client):
+    assert triton_client.is_server_live()
+    assert triton_client.is_server_ready()
+    assert triton_client.is_model_ready("digits")
+    assert triton_client.is_model_ready("digits", "1")
+    assert "binary_tensor_data" in triton_client.get_server_metadata()["extensions"]
 
 
-def test_health_and_server_metadata(client):
-    assert client.is_server_live()
-    assert client.is_server_ready()
-    assert client.is_model_ready("digits")
-    assert client.is_model_ready("digits", "1")
-    assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
-
-
-def test_model_metadata(client):
-    meta = client.get_model_metadata("digits")
+def test_model_metadata(triton_client):
+    meta = triton_client.get_model_metadata("digits")
     assert meta["versions"] == ["1", "2"]
     assert meta["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [-1, 8, 8, 1]}]
     assert meta["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]
@@ -29,13 +23,13 @@ def test_model_metadata(client):
 
 @pytest.mark.parametrize("binary_in", [True, False], ids=["binary-in", "json-in"])
 @pytest.mark.parametrize("binary_out", [True, False, None], ids=["binary-out", "json-out", "default-out"])
-def test_tritonclient_round_trip_matches_predict(client, server, digits, binary_in, binary_out):
+def test_tritonclient_round_trip_matches_predict(triton_client, server, digits, binary_in, binary_out):
     x, y = digits
     batch = x[:16].astype(np.float32)
     tensor = triton.InferInput("image", list(batch.shape), "FP32")
     tensor.set_data_from_numpy(batch, binary_data=binary_in)
     outputs = None if binary_out is None else [triton.InferRequestedOutput("probabilities", binary_data=binary_out)]
-    result = client.infer("digits", [tensor], outputs=outputs, request_id="r-1")
+    result = triton_client.infer("digits", [tensor], outputs=outputs, request_id="r-1")
     probabilities = result.as_numpy("probabilities")
     assert probabilities.shape == (16, 10) and probabilities.dtype == np.float32
     expected = requests.post(server.url + "/predict", json={"instances": batch.tolist()}, timeout=10).json()
@@ -45,20 +39,20 @@ def test_tritonclient_round_trip_matches_predict(client, server, digits, binary_
     assert response["model_name"] == "digits" and response["model_version"] == "2" and response["id"] == "r-1"
 
 
-def test_tritonclient_can_pin_a_version(client, digits):
+def test_tritonclient_can_pin_a_version(triton_client, digits):
     x, _ = digits
     tensor = triton.InferInput("image", [1, 8, 8, 1], "FP32")
     tensor.set_data_from_numpy(x[:1].astype(np.float32))
-    assert client.infer("digits", [tensor], model_version="1").get_response()["model_version"] == "1"
+    assert triton_client.infer("digits", [tensor], model_version="1").get_response()["model_version"] == "1"
 
 
-def test_tritonclient_sees_errors_as_exceptions_with_our_message(client):
+def test_tritonclient_sees_errors_as_exceptions_with_our_message(triton_client):
     tensor = triton.InferInput("image", [1, 8, 8], "FP32")
     tensor.set_data_from_numpy(np.zeros((1, 8, 8), dtype=np.float32))
     with pytest.raises(InferenceServerException, match="shape"):
-        client.infer("digits", [tensor])
+        triton_client.infer("digits", [tensor])
     with pytest.raises(InferenceServerException, match="not served here"):
-        client.get_model_metadata("nope")
+        triton_client.get_model_metadata("nope")
 
 
 def test_binary_extension_on_the_wire(server, digits):
@@ -81,7 +75,7 @@ def test_binary_extension_on_the_wire(server, digits):
     assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_a_non_finite_answer_is_an_exception_naming_the_instance_binary_or_not(client):
+def test_a_non_finite_answer_is_an_exception_naming_the_instance_binary_or_not(triton_client):
     """Finite inputs that drive the model to NaN: a 422 tritonclient raises, never NaN in a 200."""
     wild = np.where(np.indices((8, 8, 1)).sum(axis=0) % 2, 3.0e38, -3.0e38).astype(np.float32)
     batch = np.stack([np.zeros((8, 8, 1), np.float32), wild])
@@ -90,5 +84,5 @@ def test_a_non_finite_answer_is_an_exception_naming_the_instance_binary_or_not(c
         tensor.set_data_from_numpy(batch, binary_data=binary)
         output = triton.InferRequestedOutput("probabilities", binary_data=binary)
         with pytest.raises(InferenceServerException, match=r"instances \[1\] gave non-finite values") as raised:
-            client.infer("digits", [tensor], outputs=[output])
+            triton_client.infer("digits", [tensor], outputs=[output])
         assert raised.value.status() == "422"

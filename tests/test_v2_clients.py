@@ -80,20 +80,13 @@ def test_a_parameter_of_an_extension_we_do_not_implement_is_refused_naming_it(cl
     assert f"'{parameter}' belongs to Triton's {extension} extension" in error and "does not implement" in error
 
 
-@pytest.fixture(scope="module")
-def triton_client(server):
-    with triton.InferenceServerClient(server.url.removeprefix("http://")) as client:
-        yield client
-
-
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
 def test_tritonclient_class_count_through_a_real_server(triton_client, digits, binary):
-    client = triton_client
     x = digits[0][:5].astype(np.float32)
     tensor = triton.InferInput("image", list(x.shape), "FP32")
     tensor.set_data_from_numpy(x)
-    full = client.infer("digits", [tensor]).as_numpy("probabilities")
-    top = client.infer("digits", [tensor], outputs=[
+    full = triton_client.infer("digits", [tensor]).as_numpy("probabilities")
+    top = triton_client.infer("digits", [tensor], outputs=[
         triton.InferRequestedOutput("probabilities", binary_data=binary, class_count=2)]).as_numpy("probabilities")
     assert top.shape == (5, 2)
     for row, scores in zip(top, full):
@@ -104,8 +97,7 @@ def test_tritonclient_class_count_through_a_real_server(triton_client, digits, b
 
 
 def test_tritonclient_sees_an_unimplemented_extension_refused(triton_client, digits):
-    client = triton_client
     tensor = triton.InferInput("image", [1, 8, 8, 1], "FP32")
     tensor.set_data_from_numpy(digits[0][:1].astype(np.float32))
     with pytest.raises(InferenceServerException, match="sequence extension"):
-        client.infer("digits", [tensor], sequence_id=7, sequence_start=True)
+        triton_client.infer("digits", [tensor], sequence_id=7, sequence_start=True)

@@ -4,7 +4,7 @@ inference: api.batching drops it), and reading off a body that was answered with
 import socket
 from typing import Callable
 
-from api.process.sockets import unpatched_select
+from api.process.sockets import readable_now
 
 
 def socket_closed(sock: socket.socket | None) -> Callable[[], bool] | None:
@@ -14,12 +14,10 @@ def socket_closed(sock: socket.socket | None) -> Callable[[], bool] | None:
     """
     if sock is None:
         return None
-    poll = unpatched_select()
 
     def gone() -> bool:
         try:
-            readable, _, _ = poll([sock], [], [], 0)
-            return bool(readable) and sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+            return readable_now(sock) and sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
         except BlockingIOError:
             return False
         except (OSError, ValueError):
