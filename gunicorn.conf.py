@@ -162,7 +162,14 @@ def _drain_on(signum, registry):
     previous = signal.getsignal(signum)
 
     def handler(sig, frame):
-        registry.drain()
+        if settings.worker_class == "gevent":
+            # A signal handler can run inside an event-loop callback, where drain's locks may not block
+            # (gevent's BlockingSwitchOutError killed a worker mid-reload, its requests with it): a
+            # greenlet of its own, as gunicorn does for QUIT (gunicorn#1126).
+            import gevent
+            gevent.spawn(registry.drain)
+        else:
+            registry.drain()
         if callable(previous):
             previous(sig, frame)
 
