@@ -103,6 +103,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._leading = False
         self._seconds_per_instance = 0.0  # recent batches' call time per instance (moving average)
+        self._call_ends = 0.0  # monotonic s: when the running call should end, by that average; 0: none runs
         self._rejoin_until = 0.0  # monotonic s: the next batch may wait until then ...
         self._rejoin_target = 0  # ... for this many instances (those just answered plus those waiting)
         self._room = threading.Condition()  # notified after each batch, for requests waiting for room
@@ -178,9 +179,14 @@ class Batcher:
         return self._queued
 
     def expected_wait(self) -> float:
-        """Seconds a request arriving now would wait for the model: the instances queued ahead of it at
-        the recent batches' call time per instance."""
-        return self._queued * self._seconds_per_instance
+        """Seconds a request arriving now would wait for the model: what is left of the call running now,
+        then the instances queued ahead of it, each at the recent batches' call time per instance.
+
+        The running call counts: where one call takes about as long as `SERVE_MAX_QUEUE_WAIT` (ResNet50's
+        batch of 16 on one core, about 1.3 s), a request let in at its start would be refused only after
+        its body was read and parsed, when the call ends past its start-by (docs/performance.md)."""
+        running = self._call_ends - time.monotonic() if self._call_ends else 0.0
+        return max(0.0, running) + self._queued * self._seconds_per_instance
 
     def wait_for_room(self, start_by: float) -> bool:
         """Wait, before the request's body is read, until a request arriving then would start by
@@ -278,8 +284,10 @@ class Batcher:
             rows = tasks[0].rows if len(tasks) == 1 else _join([t.rows for t in tasks])
             if padded > size:
                 rows = _pad(rows, padded - size)
+            self._call_ends = time.monotonic() + padded * self._seconds_per_instance
             outputs = self._runner(self._infer, rows) if self._runner else self._infer(rows)
         except Exception as exc:  # noqa: BLE001 - one request's bad values must not fail the others
+            self._call_ends = 0.0
             if len(tasks) == 1:
                 tasks[0].finish(error=_as_api_error(exc))
             else:
@@ -287,6 +295,7 @@ class Batcher:
                     self._run_batch([task])
             return
         seconds = time.perf_counter() - started
+        self._call_ends = 0.0
         if self.policy.rejoin_fraction:
             # Closed-loop clients send again on their answer: without this wait they keep arriving while
             # the other half's batch runs, and batches alternate at half the size they could have.

@@ -6,9 +6,9 @@ Generates a JSON Lines file of `--rows` held-out digits (and one ten times small
 a child process of its own, and reports:
 - rows/s against the in-process batched limit: the compiled function alone at the job's batch size, fed
   arrays already in memory, measured two ways, and the job judged against the higher (goal: at least 90%):
-  one call at a time with every core's intra-op thread (bench/inprocess.py, as serving runs it) and the
-  job's own layout, CALLS calls in flight from as many threads with cores // CALLS intra-op threads each
-  (`limit_child` below, in a child process of its own);
+  one call at a time with every core's intra-op thread, and the job's own layout, CALLS calls in flight
+  from as many threads with cores // CALLS intra-op threads each (both bench/inprocess.py, in a child
+  process of their own);
 - peak memory (the child's max RSS) of the big file beside the small one (goal: the same within 10%:
   memory is bounded by the queues, not the file);
 - the serving stack's rows/s for the same rows sent as requests, one digit per request (from the digits
@@ -65,44 +65,16 @@ def inprocess_limit(store: Path, seconds: float) -> dict:
 
 def layout_limit(store: Path, seconds: float) -> dict:
     """The compiled function alone in the job's layout (api/files/pipeline: model_calls calls in flight,
-    cores // calls intra-op threads each), at BATCH rows, in a child process: rows/s."""
-    out = subprocess.run([sys.executable, "-m", "bench.batch", "--limit-child", "--store", str(store),
-                          "--seconds", str(seconds)], cwd=ROOT, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    cores // calls intra-op threads each), at BATCH rows (bench/inprocess.py --calls): rows/s."""
+    from api.files.pipeline import model_calls
+    from api.settings import _cpu_count
 
-
-def limit_child(store: Path, seconds: float) -> dict:
-    """In a process of its own: `calls` threads each calling the compiled function on its own BATCH-row
-    array, as the job's model threads do, TensorFlow set up as the job sets it (pipeline.load_runtime)."""
-    import threading
-
-    import numpy as np
-    from api.files.pipeline import load_runtime, model_calls
-    from api.settings import Settings, _cpu_count
-
-    cores = _cpu_count()
-    calls = model_calls(cores)
-    threads = max(1, cores // calls)
-    runtime = load_runtime(Settings(model_store=store), "digits", None, threads, calls)
-    shape = tuple(d or 1 for d in runtime.input.instance_shape)
-    batches = [np.random.default_rng(n).random((BATCH, *shape)).astype(runtime.input.dtype) for n in range(calls)]
-    for batch in batches:
-        runtime.infer(batch)
-    counts, stop = [0] * calls, time.perf_counter() + seconds
-
-    def loop(n: int) -> None:
-        while time.perf_counter() < stop or counts[n] < 3:
-            runtime.infer(batches[n])
-            counts[n] += 1
-
-    started = time.perf_counter()
-    workers = [threading.Thread(target=loop, args=(n,)) for n in range(calls)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    elapsed = time.perf_counter() - started
-    return {"calls": calls, "threads": threads, "batch": BATCH, "rows_per_s": sum(counts) * BATCH / elapsed}
+    calls = model_calls(_cpu_count())
+    out = subprocess.run([sys.executable, "-m", "bench.inprocess", str(store), "digits", "--batches", str(BATCH),
+                          "--seconds", str(seconds), "--calls", str(calls)], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
+    reading = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"calls": calls, "threads": reading["threads"], "batch": BATCH, "rows_per_s": reading["best_images_per_s"]}
 
 
 def stack_rows_per_s(digits_report: dict | None) -> float | None:
@@ -168,12 +140,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="20,000 rows: check the harness, not the figures")
     parser.add_argument("--store", type=Path, default=Path(tempfile.gettempdir()) / "bench-store")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "batch.json")
-    parser.add_argument("--limit-child", action="store_true", help=argparse.SUPPRESS)  # layout_limit's child
-    parser.add_argument("--seconds", type=float, default=5.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.limit_child:
-        print(json.dumps(limit_child(args.store, args.seconds)))
-        return 0
     work = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     report = bench(digits_store(args.store), work, 20_000 if args.quick else args.rows, args.quick)
     print(f"# predict-files bench, {time.strftime('%Y-%m-%d %H:%M')}, {machine()}\n\n{table(report)}")

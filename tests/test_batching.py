@@ -233,6 +233,25 @@ def test_a_request_that_would_wait_past_its_queue_limit_is_refused_at_once():
     assert batcher.stats.refused == 9
 
 
+def test_the_call_running_counts_in_the_wait_so_a_request_it_would_keep_past_its_limit_stays_unread():
+    """A batch of a slow model (0.4 s) has just started and nothing is queued: a request that must start
+    within 0.1 s is not let in to have its body read (the call alone outlasts that) and is refused when
+    the 0.1 s pass; one with 1 s is let in at once."""
+    model = FakeModel(seconds=0.4)
+    batcher = Batcher(model, BatchPolicy(max_batch_size=1))
+    batcher.run(rows(1), later())  # the call time per instance, learnt from a batch
+    model.entered.clear()
+    running = threading.Thread(target=batcher.run, args=(rows(1, 1), later()))
+    running.start()
+    assert model.entered.wait(5)
+    started = time.monotonic()
+    assert not batcher.wait_for_room(time.monotonic() + 0.1)
+    assert 0.09 < time.monotonic() - started < 0.3
+    assert batcher.wait_for_room(time.monotonic() + 1.0)
+    assert time.monotonic() - started < 0.3  # at once: the call ends well within 1 s
+    running.join()
+
+
 def test_a_request_past_its_deadline_gets_504_and_is_never_inferred():
     model = FakeModel()
     batcher = Batcher(model, BatchPolicy(max_batch_size=4))

@@ -61,3 +61,17 @@ def test_a_store_without_the_model_leaves_the_worker_up_and_not_ready(tmp_path):
     assert ready.status_code == 503
     assert "no versions of 'digits'" in ready.get_json()["error"]
     assert app.test_client().get("/health").status_code == 200
+
+
+@pytest.mark.parametrize("max_queue_wait, warned", [(1e-6, True), (1.0, False)])
+def test_a_queue_wait_shorter_than_two_full_batches_is_warned_of_at_load(store, tmp_path, caplog, max_queue_wait,
+                                                                         warned):
+    # Where a call of the largest batch takes over half of SERVE_MAX_QUEUE_WAIT, the queue cannot hold the
+    # next batch while one runs (ResNet50 on one core with the 1 s default): the operator must hear of it.
+    with caplog.at_level("WARNING", logger="api.registry"):
+        _, registry = load_registry(store, tmp_path, max_queue_wait=max_queue_wait)
+    assert registry.ready
+    warnings = [r.getMessage() for r in caplog.records if "SERVE_MAX_QUEUE_WAIT" in r.getMessage()]
+    assert bool(warnings) == warned, warnings
+    if warned:
+        assert "raise SERVE_MAX_QUEUE_WAIT or lower SERVE_MAX_BATCH_SIZE" in warnings[0]

@@ -145,6 +145,14 @@ class ModelRegistry:
             log.info("model loaded name=%s version=%d pid=%d device=%s load_s=%.2f warmup_s=%.2f call_ms=%.2f "
                      "inference=%s", self.name, number, os.getpid(), device, runtime.load_seconds,
                      runtime.warmup_seconds, runtime.call_seconds * 1e3, batcher.mode)
+            if runtime.call_seconds > self.settings.max_queue_wait / 2:
+                # A queue shorter than two calls of the largest batch cannot keep the next batch ready
+                # while one runs: under load, requests are let in, parsed, then refused when the call
+                # ahead of them ends past their start-by (ResNet50 on one core, docs/performance.md).
+                log.warning("a call at batch %d takes %.2f s, more than half of SERVE_MAX_QUEUE_WAIT "
+                            "(%g s): under load the model will idle between batches and refuse requests it "
+                            "could serve; raise SERVE_MAX_QUEUE_WAIT or lower SERVE_MAX_BATCH_SIZE",
+                            max(self._warmup_sizes()), runtime.call_seconds, self.settings.max_queue_wait)
             served[number] = ServedVersion(runtime.signature, runtime, batcher)
         return served
 
