@@ -81,8 +81,9 @@ class Settings(BaseSettings):
     """Seconds a request may take end to end; nginx's proxy timeouts follow it."""
     max_queue_wait: float = Field(1.0, gt=0)
     """Seconds a request may wait, from nginx's arrival stamp until the model starts on it; one that
-    would wait longer (by the queue ahead of it) is refused at once with 503 + Retry-After instead of
-    being served late."""
+    would wait longer (by the call running and the queue ahead of it) is held unread, then refused with
+    503 + Retry-After instead of being served late. Keep it above two calls of the largest batch (the
+    worker warns at load when it is not): ResNet50 on one core takes ~1.3 s a batch of 16, so 3 s."""
     client_rate: int = Field(1000, ge=1)
     """Requests per second one client address may send (nginx limit_req); beyond the burst, 429."""
     client_burst: int = Field(2000, ge=0)

@@ -1,9 +1,11 @@
 """`make bench` (python -m bench): every figure of docs/performance.md, side by side, in one run.
 
 For each model (digits; ResNet50 with random weights, made locally):
-  1. the in-process limit: the compiled function the workers serve, at its best batch size;
+  1. the in-process limit: the compiled function the workers serve, at its best batch size, in the
+     higher of its two layouts (one call on every core; one call per worker side by side);
   2. the full stack (nginx + gunicorn + batcher, as `make serve`) under wrk at several connection
-     counts: req/s, p50, p99, errors, and the ratio to the limit; then 4x the peak's connections;
+     counts: req/s, p50, p99, errors, and the ratio to the limit; then 4x the peak's connections,
+     between two more runs at the peak's, against the higher of those two;
   3. the peers from ../shared/peers (hand-written tf.function worker, the HTTP ceiling, Ray Serve in its
      high-throughput mode from a venv of its own, see bench/ray_peer.py) under the same load, and our
      ratio to each;
