@@ -285,9 +285,11 @@ class Batcher:
             if padded > size:
                 rows = _pad(rows, padded - size)
             self._call_ends = time.monotonic() + padded * self._seconds_per_instance
-            outputs = self._runner(self._infer, rows) if self._runner else self._infer(rows)
+            try:
+                outputs = self._runner(self._infer, rows) if self._runner else self._infer(rows)
+            finally:
+                self._call_ends = 0.0
         except Exception as exc:  # noqa: BLE001 - one request's bad values must not fail the others
-            self._call_ends = 0.0
             if len(tasks) == 1:
                 tasks[0].finish(error=_as_api_error(exc))
             else:
@@ -295,7 +297,6 @@ class Batcher:
                     self._run_batch([task])
             return
         seconds = time.perf_counter() - started
-        self._call_ends = 0.0
         if self.policy.rejoin_fraction:
             # Closed-loop clients send again on their answer: without this wait they keep arriving while
             # the other half's batch runs, and batches alternate at half the size they could have.

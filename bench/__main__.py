@@ -18,7 +18,6 @@ One server runs at a time: on two cores, two servers measured at once measure no
 """
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from api.settings import Settings
-from bench import batch, queue, ray_peer, wrk
+from bench import batch, inprocess, queue, ray_peer, wrk
 from bench.harness import ROOT, log, machine
 from bench.models import digits_body, digits_store, resnet_jpeg_body, resnet_json_body, resnet_store
 from bench.servers import OurStack, Peer, RayServe
@@ -49,23 +48,13 @@ PLANS = {
 }
 
 
-def inprocess(store: Path, model: str, batches: str, seconds: float, calls: int = 1) -> dict:
-    out = subprocess.run([sys.executable, "-m", "bench.inprocess", str(store), model, "--batches", batches,
-                          "--seconds", str(seconds), "--calls", str(calls)], cwd=ROOT, capture_output=True,
-                         text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-def inprocess_limit(store: Path, model: str, batches: str | dict, seconds: float, workers: int) -> dict:
-    """The in-process batched limit: the compiled function alone, in the higher of the two ways the stack
-    can run it (bench/inprocess.py): one call at a time on every core, and `workers` calls side by side
-    with cores // workers intra-op threads each (the stack's layout: one call per worker). Judging a
-    stack of two single-threaded workers against one call on both cores alone would flatter it where two
-    calls side by side do more (ResNet50 at small batches here). `batches`: the sizes to try, or, to read
-    again, the last reading's layouts (each read at the batch it did best at)."""
-    layouts = [1, workers] if workers > 1 else [1]
-    readings = [inprocess(store, model, batches if isinstance(batches, str) else
-                          str(batches[calls]["best_batch"]), seconds, calls) for calls in layouts]
+def inprocess_limit(store: Path, model: str, batches: dict[int, str], seconds: float) -> dict:
+    """The in-process batched limit: the compiled function alone, in the higher of the ways the stack can
+    run it (bench/inprocess.py), `batches` giving each layout (calls side by side, cores // calls intra-op
+    threads each) the batch sizes to try: one call at a time on every core, and one call per worker (the
+    stack's layout). Judging a stack of two single-threaded workers against one call on both cores alone
+    would flatter it where two calls side by side do more (ResNet50 at small batches here)."""
+    readings = [inprocess.run(store, model, sizes, seconds, calls) for calls, sizes in batches.items()]
     best = max(readings, key=lambda r: r["best_images_per_s"])
     return {**best, "layouts": {r["calls"]: {"threads": r["threads"], "best_batch": r["best_batch"],
                                              "images_per_s": r["best_images_per_s"]} for r in readings}}
@@ -90,14 +79,16 @@ def bench_model(model: str, store: Path, work: Path, peers: Path | None, quick: 
     report: dict = {"model": model}
     workers = int(plan["ours"].get("workers", Settings().workers))
     log(f"[{model}] in-process limit")
-    report["inprocess"] = inprocess_limit(store, model, plan["inprocess_batches"], 2 if quick else 5, workers)
+    report["inprocess"] = inprocess_limit(store, model, dict.fromkeys(sorted({1, workers}), plan["inprocess_batches"]),
+                                          2 if quick else 5)
     log(f"    {report['inprocess']['images_per_s']} ({report['inprocess']['layouts']})")
 
     def bracket(label: str) -> float:
         # This VM's speed drifts by the minute: each run of ours is judged against the limit read just
         # before and just after it (the higher of the two), not against a reading minutes away. Each
         # layout is read at the batch it did best at in the first reading.
-        rate = inprocess_limit(store, model, report["inprocess"]["layouts"], 2 if quick else 5, workers)["best_images_per_s"]
+        at_best = {calls: str(layout["best_batch"]) for calls, layout in report["inprocess"]["layouts"].items()}
+        rate = inprocess_limit(store, model, at_best, 2 if quick else 5)["best_images_per_s"]
         log(f"    in-process limit, {label}: {rate:,.1f} images/s")
         return rate
     # the first reading, at every batch size, is the one just before run A

@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import inprocess
 from bench.harness import ROOT, log, machine
 from bench.models import digits_store
 
@@ -57,10 +58,7 @@ def run_job(store: Path, rows: Path, out: Path) -> dict:
 
 
 def inprocess_limit(store: Path, seconds: float) -> dict:
-    out = subprocess.run([sys.executable, "-m", "bench.inprocess", str(store), "digits", "--batches",
-                          f"64,128,{BATCH}", "--seconds", str(seconds)], cwd=ROOT, capture_output=True, text=True,
-                         check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return inprocess.run(store, "digits", f"64,128,{BATCH}", seconds)
 
 
 def layout_limit(store: Path, seconds: float) -> dict:
@@ -70,10 +68,7 @@ def layout_limit(store: Path, seconds: float) -> dict:
     from api.settings import _cpu_count
 
     calls = model_calls(_cpu_count())
-    out = subprocess.run([sys.executable, "-m", "bench.inprocess", str(store), "digits", "--batches", str(BATCH),
-                          "--seconds", str(seconds), "--calls", str(calls)], cwd=ROOT, capture_output=True,
-                         text=True, check=True)
-    reading = json.loads(out.stdout.strip().splitlines()[-1])
+    reading = inprocess.run(store, "digits", str(BATCH), seconds, calls)
     return {"calls": calls, "threads": reading["threads"], "batch": BATCH, "rows_per_s": reading["best_images_per_s"]}
 
 

@@ -13,11 +13,14 @@ Prints one JSON line: images/s at each batch size (all calls together), the best
 """
 import argparse
 import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 from api.settings import Settings
+from bench.harness import ROOT
 
 
 def measure(store, name: str, batches: list[int], seconds: float, threads: int, calls: int = 1) -> dict:
@@ -55,6 +58,14 @@ def measure(store, name: str, batches: list[int], seconds: float, threads: int, 
     best = max(rates, key=rates.get)
     return {"model": name, "device": device, "calls": calls, "threads": threads, "images_per_s": rates,
             "best_batch": best, "best_images_per_s": rates[best]}
+
+
+def run(store: Path, name: str, batches: str, seconds: float, calls: int = 1) -> dict:
+    """`measure` in a child process of its own (TensorFlow stays out of the caller): its JSON line."""
+    out = subprocess.run([sys.executable, "-m", "bench.inprocess", str(store), name, "--batches", batches,
+                          "--seconds", str(seconds), "--calls", str(calls)], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main(argv=None) -> None:
