@@ -39,10 +39,13 @@ PLANS = {
                "ray": {"RAY_REPLICAS": "2", "TF_THREADS": "1", "MAX_BATCH": "64", "BATCH_WAIT_S": "0.002"}},
     "resnet50": {"connections": [4, 16], "seconds": 20, "warm": 20,
                  # two workers of one core each (two calls side by side beat one on both cores for
-                 # ResNet50 here); a queue wait above two calls of the max batch (~1.3 s each on one
-                 # core); rejoin: fuller batches at 4 connections (docs/performance.md, "Two workers")
-                 "ours": {"workers": 2, "intra_op_threads": 1, "max_batch_size": 16, "max_queue_wait": 3,
-                          "batch_rejoin_fraction": 0.15, "warmup_batches": "[1,16]", "timeout": 300},
+                 # ResNet50 here); batches of 4: a frozen graph does as much per image at 4 as at 32,
+                 # and at 16 connections two batches of 4 alternate, one parsed while the other runs,
+                 # where one batch of all 8 clients left the core idle while they came back; a queue
+                 # wait of 3 s; rejoin: batches of 2 at 4 connections (docs/performance.md, "A frozen
+                 # graph" and "Two workers")
+                 "ours": {"workers": 2, "intra_op_threads": 1, "max_batch_size": 4, "max_queue_wait": 3,
+                          "batch_rejoin_fraction": 0.15, "warmup_batches": "[1,2,3,4]", "timeout": 300},
                  "inprocess_batches": "1,4,8,16,32",
                  "ray": {"RAY_REPLICAS": "2", "TF_THREADS": "1", "MAX_BATCH": "32", "BATCH_WAIT_S": "0.01"}},
 }

@@ -34,7 +34,9 @@ def measure(store, name: str, batches: list[int], seconds: float, threads: int, 
     settings = Settings(model_store=store, model_name=name, workers=1, intra_op_threads=threads,
                         inter_op_threads=max(Settings().inter_op_threads, calls))
     device = configure_tensorflow(settings)
-    runtime = ModelRuntime(read_version(store, name, max(list_versions(store, name))), device)
+    # the function the workers serve: the same compiler options, from the same SERVE_* environment
+    runtime = ModelRuntime(read_version(store, name, max(list_versions(store, name))), device, xla=settings.xla,
+                           mixed_precision=settings.mixed_precision, freeze_graph=settings.freeze_graph)
     shape = tuple(d or 1 for d in runtime.input.instance_shape)
     rates = {}
     for size in batches:

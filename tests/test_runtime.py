@@ -7,6 +7,7 @@ import pytest
 from api.http.app import create_app, registry_of
 from api.settings import Settings
 from api.training import train
+from tests.models import save_model
 
 
 def weights(path) -> list[np.ndarray]:
@@ -75,3 +76,36 @@ def test_a_queue_wait_shorter_than_two_full_batches_is_warned_of_at_load(store, 
     assert bool(warnings) == warned, warnings
     if warned:
         assert "raise SERVE_MAX_QUEUE_WAIT or lower SERVE_MAX_BATCH_SIZE" in warnings[0]
+
+
+def test_a_model_is_served_from_a_frozen_graph_with_the_predictions_of_its_variables(store, tmp_path, digits):
+    # SERVE_FREEZE_GRAPH (on by default, CPU): the variables are folded into the graph as constants, so
+    # oneDNN lays a filter out once instead of on every call; the answers must not move.
+    app, registry = load_registry(store, tmp_path)
+    assert registry.get("digits").runtime.frozen
+    meta = app.test_client().get("/v1/models/digits/metadata").get_json()
+    assert meta["runtime"]["frozen_graph"] is True
+    x = digits[0][:10]
+    answer = app.test_client().post("/predict", json={"instances": x.tolist()})
+    assert answer.status_code == 200, answer.get_json()
+    expected = keras.saving.load_model(store / "digits" / "1" / "model.keras")(x, training=False).numpy()
+    assert np.allclose(answer.get_json()["predictions"], expected, atol=1e-5)
+
+    _, plain = load_registry(store, tmp_path / "off", freeze_graph=False)
+    assert not plain.get("digits").runtime.frozen
+
+
+def test_a_graph_holding_a_lookup_table_keeps_its_variables_and_says_so(tmp_path, caplog):
+    # A table's handle is state a frozen graph cannot take in: the original graph serves, with a warning.
+    words = keras.Input((1,), dtype="string", name="word")
+    ids = keras.layers.StringLookup(vocabulary=["cat", "dog"], name="ids")(words)
+    save_model(keras.Model(words, keras.layers.Dense(2, name="score")(keras.ops.cast(ids, "float32"))),
+               tmp_path / "store", "words")
+    with caplog.at_level("WARNING", logger="api.runtime"):
+        app, registry = load_registry(tmp_path / "store", tmp_path, model_name="words")
+    assert registry.ready, registry.error
+    assert not registry.get("words").runtime.frozen
+    assert any("not a frozen graph (SERVE_FREEZE_GRAPH)" in r.getMessage() for r in caplog.records)
+    answer = app.test_client().post("/predict", json={"instances": [["dog"], ["cow"]]})
+    assert answer.status_code == 200, answer.get_json()
+    assert len(answer.get_json()["predictions"]) == 2

@@ -172,7 +172,8 @@ def _load_runtimes(settings: Settings, name: str, numbers: list[int], warmup: tu
     runtimes = []
     for number in numbers:
         runtime = ModelRuntime(read_version(settings.model_store, name, number), device,
-                               xla=settings.xla, mixed_precision=settings.mixed_precision)
+                               xla=settings.xla, mixed_precision=settings.mixed_precision,
+                               freeze_graph=settings.freeze_graph)
         runtime.warm_up(warmup)
         runtimes.append(runtime)
     return runtimes
