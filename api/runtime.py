@@ -119,14 +119,15 @@ class ModelRuntime:
         (docs/performance.md, "A frozen graph").
 
         Kept only where the frozen graph takes the same inputs and gives the same outputs as the original
-        on a blank batch: a graph that holds other state (a lookup table's handle) cannot be frozen, and
+        on a blank instance: a graph that holds other state (a lookup table's handle) cannot be frozen, and
         keeps its variables, with a warning."""
         started = time.perf_counter()
         try:
             frozen = convert_variables_to_constants_v2(concrete)
             # the outputs' structure without the original graph's tensors (they would keep that graph alive)
             structure = tf.nest.map_structure(lambda _: None, concrete.structured_outputs)
-            sample = [tf.convert_to_tensor(array) for array in self.zeros(2).values()]
+            # one instance: a slow model's load pays two calls of it (the tests' hung model: 12 s each)
+            sample = [tf.convert_to_tensor(array) for array in self.zeros(1).values()]
 
             def call(tensors):  # the frozen graph returns its outputs flat, in the structure's order
                 return tf.nest.pack_sequence_as(structure, frozen._call_flat(tensors, frozen.captured_inputs))
