@@ -111,12 +111,14 @@ def slow_stack(tmp_path_factory):
 
 
 def test_a_saturated_server_breaks_the_p95_gate_and_the_run_exits_1(slow_stack, tmp_path):
+    # the gate well under what 16 users without think time give this server (p95 96 ms in a fresh-clone
+    # run with the frozen graph): at a gate near the figure, locust's rounded report and the gate disagree
     run = LocustRun(slow_stack.url, tmp_path, "-t", "10s", "-u", "16", "-r", "16", "--think-time", "0",
-                    "--max-p95-ms", "100", "--max-p99-ms", "600000", "--max-error-rate", "1")
+                    "--max-p95-ms", "25", "--max-p99-ms", "600000", "--max-error-rate", "1")
     assert run.returncode == 1, run.output[-3000:]
     assert run.gate_line("p95 latency").endswith("FAIL")
     assert "SLO verdict: FAIL (p95 latency)" in run.output
-    assert float(run.stats["Aggregated"]["95%"]) > 100  # the gate read what the report shows
+    assert float(run.stats["Aggregated"]["95%"]) > 25  # the gate read what the report shows
 
 
 def test_failed_requests_within_the_error_rate_gate_leave_the_run_passing(slow_stack, tmp_path):
