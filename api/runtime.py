@@ -134,10 +134,7 @@ class ModelRuntime:
 
             expected, got = self._call(sample), call(sample)
             for name in self.outputs:
-                want, have = expected[name].numpy(), got[name].numpy()
-                if want.dtype != have.dtype or want.shape != have.shape or (
-                        want.dtype.kind in "fc" and not np.allclose(want, have, rtol=1e-4, atol=1e-5)) or (
-                        want.dtype.kind not in "fc" and not np.array_equal(want, have)):
+                if not _same_output(expected[name].numpy(), got[name].numpy()):
                     raise ValueError(f"output {name!r} differs from the original graph's")
         except Exception as exc:  # noqa: BLE001 - freezing is an optimisation: the original graph serves
             log.warning("%s version %s: serving its variables, not a frozen graph (SERVE_FREEZE_GRAPH): %s",
@@ -148,6 +145,13 @@ class ModelRuntime:
         _release_freed_memory()  # freezing builds and drops several copies of the weights (ResNet50: ~1 GB)
         log.info("%s version %s: frozen graph in %.1f s", self.version.name, self.version.version,
                  time.perf_counter() - started)
+
+    @classmethod
+    def from_settings(cls, version: ModelVersion, device: str, settings: Settings) -> "ModelRuntime":
+        """`version` compiled with the options `settings` gives (SERVE_XLA, SERVE_MIXED_PRECISION,
+        SERVE_FREEZE_GRAPH): the one way the workers, the batch job and the bench's limit build it."""
+        return cls(version, device, xla=settings.xla, mixed_precision=settings.mixed_precision,
+                   freeze_graph=settings.freeze_graph)
 
     @property
     def input(self) -> TensorInfo:
@@ -216,6 +220,16 @@ class ModelRuntime:
         """How many times the function was traced: 1 after warm-up, and it must stay 1."""
         return int(self._fn.experimental_get_tracing_count()) if hasattr(
             self._fn, "experimental_get_tracing_count") else 1
+
+
+def _same_output(want: np.ndarray, have: np.ndarray) -> bool:
+    """The same dtype and shape, and the same values: within 1e-4 (relative) for floats, whose kernels
+    may differ once the filters are constants; exactly for anything else."""
+    if want.dtype != have.dtype or want.shape != have.shape:
+        return False
+    if want.dtype.kind in "fc":
+        return bool(np.allclose(want, have, rtol=1e-4, atol=1e-5))
+    return bool(np.array_equal(want, have))
 
 
 def _release_freed_memory() -> None:

@@ -35,8 +35,8 @@ def measure(store, name: str, batches: list[int], seconds: float, threads: int, 
                         inter_op_threads=max(Settings().inter_op_threads, calls))
     device = configure_tensorflow(settings)
     # the function the workers serve: the same compiler options, from the same SERVE_* environment
-    runtime = ModelRuntime(read_version(store, name, max(list_versions(store, name))), device, xla=settings.xla,
-                           mixed_precision=settings.mixed_precision, freeze_graph=settings.freeze_graph)
+    runtime = ModelRuntime.from_settings(read_version(store, name, max(list_versions(store, name))), device,
+                                         settings)
     shape = tuple(d or 1 for d in runtime.input.instance_shape)
     rates = {}
     for size in batches:

@@ -407,5 +407,4 @@ def load_runtime(settings: Settings, name: str, version: str | None, threads: in
         number = labels[version]
     device = configure_tensorflow(Settings(**{**settings.model_dump(), "workers": 1, "intra_op_threads": threads,
                                               "inter_op_threads": max(settings.inter_op_threads, calls)}))
-    return ModelRuntime(read_version(store, name, number), device, xla=settings.xla,
-                        mixed_precision=settings.mixed_precision, freeze_graph=settings.freeze_graph)
+    return ModelRuntime.from_settings(read_version(store, name, number), device, settings)

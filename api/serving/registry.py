@@ -171,9 +171,7 @@ def _load_runtimes(settings: Settings, name: str, numbers: list[int], warmup: tu
     device = configure_tensorflow(settings)
     runtimes = []
     for number in numbers:
-        runtime = ModelRuntime(read_version(settings.model_store, name, number), device,
-                               xla=settings.xla, mixed_precision=settings.mixed_precision,
-                               freeze_graph=settings.freeze_graph)
+        runtime = ModelRuntime.from_settings(read_version(settings.model_store, name, number), device, settings)
         runtime.warm_up(warmup)
         runtimes.append(runtime)
     return runtimes
