@@ -132,7 +132,11 @@ class ModelRuntime:
             def call(tensors):  # the frozen graph returns its outputs flat, in the structure's order
                 return tf.nest.pack_sequence_as(structure, frozen._call_flat(tensors, frozen.captured_inputs))
 
-            expected, got = self._call(sample), call(sample)
+            # The reference runs eagerly, not through the variables' graph: a graph of the same shapes run
+            # once in this process makes the frozen graph's answers depend on which inter-op thread runs
+            # each op (oneDNN primitives cached per thread: the same instance gave two answers, 2e-6 apart,
+            # alternately, with 2 inter-op threads; TensorFlow 2.21 with oneDNN, docs/performance.md).
+            expected, got = self._fn.python_function(*sample), call(sample)
             for name in self.outputs:
                 if not _same_output(expected[name].numpy(), got[name].numpy()):
                     raise ValueError(f"output {name!r} differs from the original graph's")

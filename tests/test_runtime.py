@@ -1,4 +1,8 @@
 """The model runtime: the default model's training, Keras and SavedModel formats, safe loading."""
+import subprocess
+import sys
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
@@ -93,6 +97,31 @@ def test_a_model_is_served_from_a_frozen_graph_with_the_predictions_of_its_varia
 
     _, plain = load_registry(store, tmp_path / "off", freeze_graph=False)
     assert not plain.get("digits").runtime.frozen
+
+
+ONE_ANSWER = """
+import sys
+from pathlib import Path
+import numpy as np
+from api.http.app import create_app, registry_of
+from api.settings import Settings
+registry = registry_of(create_app(Settings(model_store=Path(sys.argv[1]), run_dir=Path(sys.argv[2]),
+                                           warmup_batches=(1, 8), inter_op_threads=2)))
+registry.load()
+runtime = registry.get("digits").runtime
+instance = np.random.default_rng(0).random((1, 8, 8, 1)).round(3).astype("float32")
+answers = {runtime.infer(instance)["probabilities"].tobytes() for _ in range(40)}
+print("frozen", runtime.frozen, "answers", len(answers))
+"""
+
+
+def test_a_frozen_graph_gives_one_instance_one_answer_call_after_call(store, tmp_path):
+    # In a fresh worker process, as served (two inter-op threads): checking the frozen graph against one
+    # run of the variables' graph once gave two answers, 2e-6 apart, alternately (CI, 2026-11-30).
+    done = subprocess.run([sys.executable, "-c", ONE_ANSWER, str(store), str(tmp_path)], capture_output=True,
+                          text=True, timeout=300, cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-4:] == ["frozen", "True", "answers", "1"], done.stdout
 
 
 def test_a_graph_holding_a_lookup_table_keeps_its_variables_and_says_so(tmp_path, caplog):
