@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import threading
-from pathlib import Path
 
 import pytest
 import requests
