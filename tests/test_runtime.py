@@ -124,6 +124,21 @@ def test_a_frozen_graph_gives_one_instance_one_answer_call_after_call(store, tmp
     assert done.stdout.split()[-4:] == ["frozen", "True", "answers", "1"], done.stdout
 
 
+def test_the_frozen_graphs_check_is_the_warm_up_of_a_batch_of_one(store):
+    # A slow model's start pays each of its calls (the fault suite's hung model: ~12 s each): the load
+    # check has already run a batch of one through the frozen graph, so warm-up does not run it again.
+    from api.model.store import read_version
+    from api.runtime import ModelRuntime
+
+    runtime = ModelRuntime.from_settings(read_version(store, "digits", 1), "/CPU:0", Settings(model_store=store))
+    assert runtime.frozen
+    sizes, call = [], runtime._call
+    runtime._call = lambda tensors: sizes.append(int(tensors[0].shape[0])) or call(tensors)
+    runtime.warm_up((1, 8))
+    assert sizes == [8, 8]  # the warm-up at 8, then one timed call at the largest size
+    assert runtime.warmup_seconds > 0 and runtime.call_seconds > 0
+
+
 def test_a_graph_holding_a_lookup_table_keeps_its_variables_and_says_so(tmp_path, caplog):
     # A table's handle is state a frozen graph cannot take in: the original graph serves, with a warning.
     words = keras.Input((1,), dtype="string", name="word")
