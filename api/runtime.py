@@ -183,8 +183,8 @@ class ModelRuntime:
         for size in batch_sizes:
             if size not in self._warmed:  # a slow model's load pays each of its calls (tests: 12 s each)
                 self.infer(self.zeros(size))
-        self.warmup_seconds = time.perf_counter() - started + sum(
-            seconds for size, seconds in self._warmed.items() if size in batch_sizes)
+        self.warmup_seconds = time.perf_counter() - started + sum(self._warmed.get(size, 0.0)
+                                                                  for size in set(batch_sizes))
         if batch_sizes and self.warmup_seconds < 10:  # a model this slow is never run inline anyway
             batch = self.zeros(max(batch_sizes))
             timed = time.perf_counter()

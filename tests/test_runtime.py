@@ -9,6 +9,8 @@ import pytest
 
 
 from api.http.app import create_app, registry_of
+from api.model.store import read_version
+from api.runtime import ModelRuntime
 from api.settings import Settings
 from api.training import train
 from tests.models import save_model
@@ -127,9 +129,6 @@ def test_a_frozen_graph_gives_one_instance_one_answer_call_after_call(store, tmp
 def test_the_frozen_graphs_check_is_the_warm_up_of_a_batch_of_one(store):
     # A slow model's start pays each of its calls (the fault suite's hung model: ~12 s each): the load
     # check has already run a batch of one through the frozen graph, so warm-up does not run it again.
-    from api.model.store import read_version
-    from api.runtime import ModelRuntime
-
     runtime = ModelRuntime.from_settings(read_version(store, "digits", 1), "/CPU:0", Settings(model_store=store))
     assert runtime.frozen
     sizes, call = [], runtime._call
