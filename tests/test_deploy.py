@@ -491,7 +491,11 @@ def test_provisioned_instance_serves_predict_through_nginx(instance, digits):
         assert answer.status_code == 200, answer.text
         predicted = [max(range(10), key=p.__getitem__) for p in answer.json()["predictions"]]
         assert sum(int(a == b) for a, b in zip(predicted, y[:8])) >= 7
-        assert (root / "var/log/nginx/keras-serving.access.log").read_text().count('"/predict"') == 1
+        access_log = root / "var/log/nginx/keras-serving.access.log"
+        deadline = time.monotonic() + 5  # nginx writes a request's line after its answer's last byte
+        while '"/predict"' not in access_log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert access_log.read_text().count('"/predict"') == 1
     finally:
         nginx.send_signal(signal.SIGQUIT)
         gunicorn.send_signal(signal.SIGTERM)
