@@ -39,13 +39,14 @@ PLANS = {
                "ray": {"RAY_REPLICAS": "2", "TF_THREADS": "1", "MAX_BATCH": "64", "BATCH_WAIT_S": "0.002"}},
     "resnet50": {"connections": [4, 16], "seconds": 20, "warm": 20,
                  # two workers of one core each (two calls side by side beat one on both cores for
-                 # ResNet50 here); batches of 4: a frozen graph does as much per image at 4 as at 32,
-                 # and at 16 connections two batches of 4 alternate, one parsed while the other runs,
-                 # where one batch of all 8 clients left the core idle while they came back; a queue
-                 # wait of 3 s; rejoin: batches of 2 at 4 connections (docs/performance.md, "A frozen
-                 # graph" and "Two workers")
-                 "ours": {"workers": 2, "intra_op_threads": 1, "max_batch_size": 4, "max_queue_wait": 3,
-                          "batch_rejoin_fraction": 0.15, "warmup_batches": "[1,2,3,4]", "timeout": 300},
+                 # ResNet50 here); batches of one: a frozen graph does about as much per image at 1 as at
+                 # 32 on this CPU, and with one instance a call the requests a worker holds alternate,
+                 # each parsed and answered while another runs, where a batch of all of them left the
+                 # core idle while they came back (batches of 4 until 2026-12-01: the same req/s within
+                 # noise, a p99 at 4 connections 1.5-2x as high); the queue bound kept at 64 instances;
+                 # a queue wait of 3 s (docs/performance.md, "Batches of one for ResNet50")
+                 "ours": {"workers": 2, "intra_op_threads": 1, "max_batch_size": 1, "max_enqueued_batches": 64,
+                          "max_queue_wait": 3, "warmup_batches": "[1]", "timeout": 300},
                  "inprocess_batches": "1,4,8,16,32",
                  "ray": {"RAY_REPLICAS": "2", "TF_THREADS": "1", "MAX_BATCH": "32", "BATCH_WAIT_S": "0.01"}},
 }
