@@ -20,7 +20,7 @@ import requests
 import yaml
 
 from api.settings import Settings
-from bench.harness import free_port
+from bench.harness import free_port, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -492,9 +492,8 @@ def test_provisioned_instance_serves_predict_through_nginx(instance, digits):
         predicted = [max(range(10), key=p.__getitem__) for p in answer.json()["predictions"]]
         assert sum(int(a == b) for a, b in zip(predicted, y[:8])) >= 7
         access_log = root / "var/log/nginx/keras-serving.access.log"
-        deadline = time.monotonic() + 5  # nginx writes a request's line after its answer's last byte
-        while '"/predict"' not in access_log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # nginx writes a request's line after its answer's last byte
+        wait_until(lambda: '"/predict"' in access_log.read_text(), 5, "nginx's access line for /predict")
         assert access_log.read_text().count('"/predict"') == 1
     finally:
         nginx.send_signal(signal.SIGQUIT)

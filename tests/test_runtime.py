@@ -52,14 +52,11 @@ SAVED_MODEL = """
 import sys
 from pathlib import Path
 import keras, numpy as np
-from api.http.app import create_app, registry_of
-from api.settings import Settings
+from tests.test_runtime import load_registry
 store, tmp = Path(sys.argv[1]), Path(sys.argv[2])
 model = keras.saving.load_model(store / "digits" / "1" / "model.keras")
 model.export(str(tmp / "store" / "digits" / "1"), format="tf_saved_model", verbose=False)
-app = create_app(Settings(model_store=tmp / "store", run_dir=tmp / "run", warmup_batches=(1,)))
-registry = registry_of(app)
-registry.load()
+app, registry = load_registry(tmp / "store", tmp)
 assert registry.ready, registry.error
 x = np.load(sys.argv[3])
 answer = app.test_client().post("/predict", json={"instances": x.tolist()})
@@ -132,11 +129,8 @@ def test_a_model_is_served_from_a_frozen_graph_with_the_predictions_of_its_varia
 UNFROZEN = """
 import sys
 from pathlib import Path
-from api.http.app import create_app, registry_of
-from api.settings import Settings
-registry = registry_of(create_app(Settings(model_store=Path(sys.argv[1]), run_dir=Path(sys.argv[2]),
-                                           warmup_batches=(1,), freeze_graph=False)))
-registry.load()
+from tests.test_runtime import load_registry
+_, registry = load_registry(Path(sys.argv[1]), Path(sys.argv[2]), freeze_graph=False)
 print("frozen", registry.get("digits").runtime.frozen)
 """
 
