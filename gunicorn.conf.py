@@ -114,6 +114,8 @@ def post_fork(server, worker):
     if settings.tf_log_level == 3:
         worker_hooks.native_stderr_to(settings.run_dir / "tensorflow.log")
     worker_hooks.one_write_responses()
+    worker_hooks.cached_date_header()
+    worker_hooks.settle_config(worker.cfg)
     worker.recycler = worker_hooks.Recycler(settings.run_dir, settings.max_requests, settings.max_requests_jitter)
 
 

@@ -13,9 +13,18 @@ import shutil
 import subprocess
 
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
-                               generate_latest, multiprocess)
+                               generate_latest, multiprocess, values)
 
 from api.batching import BatchStats
+
+if getattr(values.ValueClass, "_multiprocess", False):  # what prometheus_client chose at its import
+    # Every update of a multiprocess value first asks the process's id, to notice a fork, and Linux's
+    # getpid() is a system call each time (glibc stopped caching it in 2.25): three a request, 1.2% of
+    # a worker's CPU at 64 connections (py-spy, docs/performance.md). The id is kept here, renewed in
+    # the child at each fork, and given through MultiProcessValue's own `process_identifier` parameter.
+    _pid = [os.getpid()]
+    os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
+    values.ValueClass = values.MultiProcessValue(process_identifier=lambda: _pid[0])
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 PREFIX = "keras_serving_"

@@ -7,6 +7,7 @@ import os
 import random
 import signal
 import sys
+import time
 from pathlib import Path
 
 from api.process.markers import recycle_marker
@@ -88,6 +89,37 @@ def one_write_responses() -> None:
 
     wsgi.Response = OneWriteResponse
 
+
+
+def settle_config(cfg) -> None:
+    """Make every gunicorn setting a plain attribute of this worker's `cfg`, read once.
+
+    gunicorn's Config answers `cfg.<setting>` through `__getattr__` and the setting's `get()`, and its
+    parser, request and response read a dozen settings a request (2% of a gevent worker's CPU at 32
+    connections, py-spy, docs/performance.md). A worker never changes its settings: a reload forks new
+    workers with the master's new ones. Values land in the instance's `__dict__`, which plain attribute
+    lookup reads before `__getattr__` (Config's `__setattr__` refuses setting names)."""
+    for name, setting in cfg.settings.items():
+        cfg.__dict__[name] = setting.get()
+
+
+def cached_date_header() -> None:
+    """gunicorn formats the `Date` header of every response with email.utils (1.4% of a worker's CPU at
+    32 connections); its value changes once a second (RFC 9110 section 6.6.1: second resolution), so
+    this worker formats it once a second."""
+    from gunicorn import util
+
+    original, last = util.http_date, [-1, ""]
+
+    def http_date(timestamp=None):
+        if timestamp is not None:
+            return original(timestamp)
+        now = int(time.time())
+        if now != last[0]:
+            last[:] = [now, original(now)]
+        return last[1]
+
+    util.http_date = http_date
 
 
 def native_stderr_to(path: Path) -> None:
