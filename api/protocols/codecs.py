@@ -174,12 +174,16 @@ def cast(array: np.ndarray, dtype: np.dtype, what: str, name: str | None = None)
             raise InvalidInput(f"{what} holds values out of the range of {_range(dtype)}{_takes(name, dtype)}")
         raise InvalidInput(f"{what} holds floats but {f'input {name!r}' if name else 'the model'} takes "
                            f"{dtype.name}")
-    if array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
-        raise InvalidInput(f"{what} holds NaN or infinity; only finite numbers are accepted")
     with np.errstate(over="ignore", invalid="ignore"):
         converted = array.astype(dtype, copy=False)
+    # One finiteness check of the result where it is a float: NaN or infinity in the request stays
+    # non-finite through the cast, so the request's own values are looked at only to say which it was.
     if dtype.kind == "f" and converted.size and not np.isfinite(converted).all():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise InvalidInput(f"{what} holds NaN or infinity; only finite numbers are accepted")
         raise InvalidInput(f"{what} holds values out of the range of {dtype.name}{_takes(name, dtype)}")
+    if dtype.kind not in "fiub" and array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
+        raise InvalidInput(f"{what} holds NaN or infinity; only finite numbers are accepted")
     if dtype.kind in "iub" and array.size and not np.array_equal(converted, array):
         raise InvalidInput(f"{what} holds values out of the range of {_range(dtype)}{_takes(name, dtype)}")
     return converted
