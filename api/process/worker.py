@@ -100,7 +100,8 @@ def settle_config(cfg) -> None:
     workers with the master's new ones. Values land in the instance's `__dict__`, which plain attribute
     lookup reads before `__getattr__` (Config's `__setattr__` refuses setting names)."""
     for name, setting in cfg.settings.items():
-        cfg.__dict__[name] = setting.get()
+        if not hasattr(type(cfg), name):  # Config's own properties (worker_class, sendfile, ...) stay
+            cfg.__dict__[name] = setting.get()
 
 
 def cached_date_header() -> None:
