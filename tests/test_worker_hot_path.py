@@ -81,7 +81,7 @@ def test_a_worker_reads_each_gunicorn_setting_once_with_the_same_values():
     plain = [name for name in cfg.settings if not hasattr(type(cfg), name)]  # not Config's own properties
     assert plain and all(name in cfg.__dict__ for name in plain)  # read without __getattr__ now
     assert cfg.keepalive == 7 and cfg.limit_request_line == before["limit_request_line"]
-X
+    assert not cfg.is_ssl and cfg.worker_class_str == "sync"  # Config's own properties still answer
 
 
 def test_the_date_header_is_formatted_once_a_second_and_stays_correct():
