@@ -389,6 +389,15 @@ def _as_api_error(exc: Exception) -> ApiError:
     return InferenceFailed("inference failed; the error is logged on the server", status=500)
 
 
+def in_gevent_worker() -> bool:
+    """This process runs gevent's event loop with its threads monkey-patched (a gevent worker)."""
+    try:
+        from gevent import monkey
+    except ImportError:
+        return False
+    return monkey.is_module_patched("threading")
+
+
 def event_loop_hooks(inline: bool) -> tuple[Callable | None, Callable | None]:
     """The batcher's `(runner, gather)` in a gevent worker; `(None, None)` elsewhere (gthread, tests).
 
@@ -400,11 +409,7 @@ def event_loop_hooks(inline: bool) -> tuple[Callable | None, Callable | None]:
     GIL hand-offs to and from another thread cost more than the call (each can wait out Python's 5 ms
     switch interval while the loop holds the GIL), and a stalled loop of that length costs nothing.
     """
-    try:
-        from gevent import monkey
-    except ImportError:
-        return None, None
-    if not monkey.is_module_patched("threading"):
+    if not in_gevent_worker():
         return None, None
     import gevent
     from gevent.threadpool import ThreadPool

@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 
 import orjson
 
+from api.batching import in_gevent_worker
 from api.logs import JsonFormatter
 from api.metrics import RequestMetrics
 
@@ -72,12 +73,8 @@ class AccessLine:
 
 
 def _event_loop():
-    """gevent's loop where this process is a gevent worker (monkey-patched threads), else None."""
-    try:
-        from gevent import monkey
-    except ImportError:
-        return None
-    if not monkey.is_module_patched("threading"):
+    """gevent's loop where this process is a gevent worker, else None."""
+    if not in_gevent_worker():
         return None
     import gevent
     return gevent.get_hub().loop
